@@ -1,0 +1,67 @@
+"""lyadeq-zoo: Lyapunov-stable Deep Equilibrium models, their components, and honest robustness evaluation.
+
+>>> import lyadeq_zoo as lz
+>>> model = lz.create_model("lyadeq_mnist")
+>>> lz.list_components("solver")
+['anderson', 'broyden', 'naive']
+"""
+
+from .config import ConfigError, load_config, merge_configs, register_section
+from .factory import build_model, configs_dir, create_model, list_models, register_zoo_configs, zoo_config
+from .registry import (
+    KINDS,
+    PluginLoadError,
+    Registry,
+    UnknownComponentError,
+    build_component,
+    get_component,
+    list_components,
+    register,
+    register_attack,
+    register_backbone,
+    register_backward,
+    register_cell,
+    register_dataset,
+    register_head,
+    register_lyapunov,
+    register_model,
+    register_objective,
+    register_solver,
+)
+from .version import __version__
+
+# Built-in components register themselves on import.
+from . import _builtins  # noqa: E402,F401  isort: skip
+
+register_zoo_configs()
+
+__all__ = [
+    "KINDS",
+    "ConfigError",
+    "PluginLoadError",
+    "Registry",
+    "UnknownComponentError",
+    "__version__",
+    "build_component",
+    "build_model",
+    "configs_dir",
+    "create_model",
+    "get_component",
+    "list_components",
+    "list_models",
+    "load_config",
+    "merge_configs",
+    "register",
+    "register_attack",
+    "register_backbone",
+    "register_backward",
+    "register_cell",
+    "register_dataset",
+    "register_head",
+    "register_lyapunov",
+    "register_model",
+    "register_objective",
+    "register_section",
+    "register_solver",
+    "zoo_config",
+]
