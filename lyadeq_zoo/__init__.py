@@ -8,6 +8,7 @@
 
 from .config import ConfigError, load_config, merge_configs, register_section
 from .factory import build_model, configs_dir, create_model, list_models, register_zoo_configs, zoo_config
+from .hub import push_to_hub, save_pretrained
 from .registry import (
     KINDS,
     PluginLoadError,
@@ -28,12 +29,16 @@ from .registry import (
     register_objective,
     register_solver,
 )
+from .stability import stability_report
 from .version import __version__
 
 # Built-in components register themselves on import.
 from . import _builtins  # noqa: E402,F401  isort: skip
 
 register_zoo_configs()
+
+# Zoo models join timm's registry once timm is imported (lyadeq_zoo itself never imports timm).
+from . import timm_interop  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "KINDS",
@@ -51,6 +56,7 @@ __all__ = [
     "list_models",
     "load_config",
     "merge_configs",
+    "push_to_hub",
     "register",
     "register_attack",
     "register_backbone",
@@ -63,5 +69,7 @@ __all__ = [
     "register_objective",
     "register_section",
     "register_solver",
+    "save_pretrained",
+    "stability_report",
     "zoo_config",
 ]

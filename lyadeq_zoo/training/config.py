@@ -1,0 +1,171 @@
+"""The ``train:`` config section: :class:`TrainConfig`, its schema, and the resume compatibility check.
+
+Defaults follow the paper's recipe (Adam, betas (0.9, 0.999), lr 1e-3, cosine annealing); the epoch
+count per data set lives in ``configs/<dataset>/_base.yaml`` (MNIST 10, SVHN 40, CIFAR 50).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import ConfigError, register_section, validate_component
+
+SCHEDULERS = ("cosine", "constant")
+AUGMENTATIONS = ("none", "crop_flip", "flip")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Keys that may change when a run is resumed: they touch bookkeeping, evaluation or the hardware, never
+# the sequence of weights on a given device. Everything else (including train.epochs, which sets the
+# length of the cosine schedule) must equal the checkpoint's config.
+RESUME_MUTABLE_KEYS: tuple[str, ...] = (
+    "meta",
+    "eval",
+    "data.root",
+    "data.download",
+    "train.checkpoint_every_steps",
+    "train.keep_last",
+    "train.log_every_steps",
+    "train.eval_every_epochs",
+    "train.eval_batch_size",
+    "train.limit_test",
+    "train.final_eval",
+    "train.device",
+    "train.data_on_device",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Options of the ``train:`` section (all optional). Units: lr per step, ``eps`` in [0, 1] pixels.
+
+    ``batch_size`` is the **global** batch (all ranks together), so a run's trajectory does not depend on
+    the number of processes; it must be divisible by the world size.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"  # cosine annealing per step down to min_lr, or constant
+    min_lr: float = 0.0
+    grad_clip: float | None = None  # max global gradient norm, None = off
+    objective: dict[str, Any] = field(default_factory=lambda: {"type": "ce"})
+    augment: str = "none"  # none | flip | crop_flip (pad 4 + random 32-crop + horizontal flip)
+    seed: int = 0
+    checkpoint_every_steps: int = 500  # 0 = only at the end of each epoch
+    keep_last: int = 3
+    log_every_steps: int = 20
+    eval_every_epochs: int = 1  # clean test accuracy after every k-th epoch (0 = never)
+    amp: bool = False  # bf16 autocast, on CUDA only (ignored on CPU)
+    channels_last: bool = False  # CUDA only
+    data_on_device: bool = True  # keep the uint8 split on the GPU when it fits
+    device: str = "auto"  # auto | cpu | cuda
+    sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only; see docs/training.md before enabling)
+    find_unused_parameters: bool = False  # passed to DistributedDataParallel
+    limit_train: int | None = None  # first N training images (tiny runs)
+    limit_test: int | None = None  # first N test images for per-epoch and final evaluation
+    final_eval: Any = "paper"  # attack suite for lz.evaluate at the end: a suite name, a file, or None
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any] | None) -> TrainConfig:
+        """Build from the ``train`` section of a resolved config; bad values raise ConfigError."""
+        section = dict(section or {})
+        unknown = sorted(set(section) - set(cls.keys()))
+        if unknown:
+            raise ConfigError(f"train.{unknown[0]} is not a train option. Allowed keys: {', '.join(cls.keys())}.")
+        cfg = cls(**section)
+        cfg._check()
+        return cfg
+
+    def _check(self) -> None:
+        def positive_int(name: str, allow_zero: bool = False, allow_none: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+            if not ok:
+                kind = "a non-negative" if allow_zero else "a positive"
+                null = " or null" if allow_none else ""
+                raise ConfigError(f"train.{name} must be {kind} integer{null}, got {value!r}")
+
+        for name in ("epochs", "batch_size", "eval_batch_size", "keep_last", "log_every_steps"):
+            positive_int(name)
+        for name in ("checkpoint_every_steps", "eval_every_epochs", "seed"):
+            positive_int(name, allow_zero=True)
+        for name in ("limit_train", "limit_test"):
+            positive_int(name, allow_none=True)
+        for name in ("lr", "weight_decay", "min_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"train.{name} must be a non-negative number, got {value!r}")
+            setattr(self, name, float(value))
+        if (
+            not isinstance(self.betas, (list, tuple))
+            or len(self.betas) != 2
+            or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)
+        ):
+            raise ConfigError(f"train.betas must be two numbers in [0, 1), got {self.betas!r}")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if self.grad_clip is not None and (not isinstance(self.grad_clip, (int, float)) or self.grad_clip <= 0):
+            raise ConfigError(f"train.grad_clip must be a positive number or null, got {self.grad_clip!r}")
+        for name, allowed in (("scheduler", SCHEDULERS), ("augment", AUGMENTATIONS), ("device", DEVICES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"train.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("amp", "channels_last", "data_on_device", "sync_bn", "find_unused_parameters"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
+        validate_component("objective", self.objective, ("train", "objective"))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["betas"] = list(self.betas)
+        return out
+
+
+register_section("train", TrainConfig.keys)
+
+
+# -- resume compatibility -------------------------------------------------------------------------------
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: list(tree) if isinstance(tree, tuple) else tree}
+
+
+def _mutable(key: str, mutable: Iterable[str]) -> bool:
+    return any(key == m or key.startswith(m + ".") for m in mutable)
+
+
+def config_differences(
+    saved: Mapping[str, Any], current: Mapping[str, Any], mutable: Iterable[str] = RESUME_MUTABLE_KEYS
+) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, checkpoint value, current value)`` for each key that differs and may not change.
+
+    The ``train`` sections are compared after filling in defaults, so writing a default explicitly is
+    not a difference. A missing key shows as ``<absent>``.
+    """
+    saved, current = dict(saved), dict(current)
+    for cfg in (saved, current):
+        cfg["train"] = TrainConfig.from_dict(cfg.get("train")).to_dict()
+    a, b = _flatten(saved), _flatten(current)
+    absent = "<absent>"
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if _mutable(key, mutable):
+            continue
+        va, vb = a.get(key, absent), b.get(key, absent)
+        if va != vb:
+            diffs.append((key, va, vb))
+    return diffs

@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Evaluate a model's clean and adversarial accuracy: ``python tools/eval.py MODEL [options]``.
+
+MODEL is a zoo name (``lyadeq_mnist``), ``hf-hub:org/repo[@rev]``, ``local-dir:PATH`` or a config YAML.
+Zoo names load their pretrained weights when the zoo has them; otherwise (and for config files) the
+model is randomly initialised and a loud warning says the numbers mean nothing.
+
+Data: the data set named in the model's config (``data.type``), test split, from ``--data-dir`` (a
+folder holding the full set) or, by default, the shipped 1,000-image sample.
+
+Suites: ``paper`` (the LyaDEQ paper's I-FGSM and PGD at 2/4/6/8 /255) or ``strong`` (adds stronger,
+gradient-free, transfer and unrolled-gradient attacks and a large-eps sanity check), or a YAML file.
+
+Prints a Table-1-style row, a per-attack table and the gradient-masking checks; ``--json`` writes the
+full result, ``--plot`` the robustness curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("model", help="zoo name, hf-hub:ID, local-dir:PATH or config YAML")
+    parser.add_argument("--suite", default="paper", help="paper | strong | path to a suite YAML (default: paper)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="folder with the full data set (default: sample)")
+    parser.add_argument("--dataset", default=None, help="data set name when the model config has none")
+    parser.add_argument("--split", default="test", help="data split (default: test)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images")
+    parser.add_argument("--batch-size", type=int, default=100, help="images per attack batch (default: 100)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the attacks' randomness (default: 0)")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument(
+        "--pretrained",
+        dest="pretrained",
+        action="store_true",
+        default=None,
+        help="require the zoo's pretrained weights",
+    )
+    weights.add_argument(
+        "--no-pretrained", dest="pretrained", action="store_false", help="random initialisation (for smoke tests)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the result JSON here")
+    parser.add_argument("--plot", type=Path, default=None, help="write the robustness curve here (.png/.pdf)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    import lyadeq_zoo as lz
+    from lyadeq_zoo.config import ConfigError
+    from lyadeq_zoo.evaluation import dataset_name, evaluate, format_table, load_model
+    from lyadeq_zoo.registry import UnknownComponentError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model, info = load_model(args.model, pretrained=args.pretrained)
+        for w in caught:
+            message = str(w.message)
+            if "RANDOMLY INITIALISED" in message:
+                print("\n" + "!" * 100 + f"\nWARNING: {message}\n" + "!" * 100 + "\n", file=sys.stderr)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        dataset = args.dataset or dataset_name(model)
+        if dataset is None:
+            raise ValueError(f"{args.model}: its config names no data set; pass --dataset mnist|cifar10|...")
+        data_spec = dict((getattr(model, "config", None) or {}).get("data") or {})
+        options = {k: v for k, v in data_spec.items() if k not in ("type", "split", "root", "download", "limit")}
+        root = str(args.data_dir) if args.data_dir is not None else "sample"
+        data = lz.get_component("dataset", dataset)(split=args.split, root=root, limit=args.limit, **options)
+        result = evaluate(
+            model,
+            data,
+            args.suite,
+            device=device,
+            seed=args.seed,
+            progress=not args.no_progress,
+            limit=args.limit,
+            dataset=dataset,
+            batch_size=args.batch_size,
+        )
+    except (ConfigError, UnknownComponentError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result["model"] = {"name": args.model, **info}
+    result["data"] = {"dataset": dataset, "split": args.split, "root": root, "limit": args.limit}
+    print(format_table(result, model_name=args.model))
+    print(f"\n{result['n']} images, {result['timing']['total_seconds']:.1f} s on {result['device']}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    if args.plot is not None:
+        from lyadeq_zoo.plotting import robustness_curve
+
+        print(f"wrote {robustness_curve(result, args.plot)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
