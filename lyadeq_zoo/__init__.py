@@ -6,7 +6,9 @@
 ['anderson', 'broyden', 'naive']
 """
 
+from .attacks import create_attack
 from .config import ConfigError, load_config, merge_configs, register_section
+from .evaluation import evaluate
 from .factory import build_model, configs_dir, create_model, list_models, register_zoo_configs, zoo_config
 from .hub import push_to_hub, save_pretrained
 from .registry import (
@@ -50,7 +52,9 @@ __all__ = [
     "build_component",
     "build_model",
     "configs_dir",
+    "create_attack",
     "create_model",
+    "evaluate",
     "get_component",
     "list_components",
     "list_models",
