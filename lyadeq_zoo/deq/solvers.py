@@ -106,6 +106,23 @@ def _residuals_from(g: torch.Tensor, fz: torch.Tensor) -> tuple[torch.Tensor, to
         return diff, diff / (fz.norm(dim=1) + RESIDUAL_EPS)
 
 
+def _residuals_from_sq(gg: torch.Tensor, fz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``residuals`` for flat ``(N, d)`` tensors when ``gg = ||f(z) - z||²`` per sample is already at hand."""
+    with torch.no_grad():
+        diff = gg.sqrt()
+        return diff, diff / (fz.norm(dim=1) + RESIDUAL_EPS)
+
+
+def _finite_rows(t: torch.Tensor) -> torch.Tensor:
+    """Per row of ``(N, d)``: True where every entry is finite (two kernels instead of isfinite's four).
+
+    A row sum is finite iff its entries are (barring overflow of huge finite entries, which is treated as
+    non-finite, the safe side): ``s - s`` is 0 for finite ``s`` and NaN for ±inf or NaN.
+    """
+    s = t.sum(dim=1)
+    return (s - s) == 0
+
+
 def _select(mask: torch.Tensor, count: int, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     """``where(mask, new, old)`` per sample; ``count = mask.sum()`` lets the common all/none cases skip it.
 
@@ -160,12 +177,22 @@ class _Tracker:
         # NaN residuals compare False, so a non-finite iterate never becomes the best one.
         improved = rel_r < self.best_rel
         self.converged = self.converged | (rel_r <= self.tol)
-        n_improved, self.n_converged = torch.stack((improved.sum(), self.converged.sum())).tolist()
-        self.best_z = _select(improved, n_improved, z, self.best_z)
-        self.best_abs = torch.where(improved, abs_r, self.best_abs)
-        self.best_rel = torch.where(improved, rel_r, self.best_rel)
-        self.best_step = torch.where(improved, self.n_evals, self.best_step)
+        n_improved, self.n_converged = torch.stack((improved, self.converged)).sum(1).tolist()
+        if n_improved == self.batch:  # the common case while converging: no masking at all
+            self.best_z, self.best_abs, self.best_rel = z, abs_r, rel_r
+            self.best_step = torch.full_like(self.best_step, self.n_evals)
+        elif n_improved:
+            self.best_z = _select(improved, n_improved, z, self.best_z)
+            self.best_abs = torch.where(improved, abs_r, self.best_abs)
+            self.best_rel = torch.where(improved, rel_r, self.best_rel)
+            self.best_step = self.best_step.masked_fill(improved, self.n_evals)
         return improved, n_improved
+
+    def select_active(self, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+        """``new`` for the samples still iterating, ``old`` (frozen) for the converged ones."""
+        if self.n_converged == 0:
+            return new
+        return _select(self.active, self.n_active, new, old)
 
     @property
     def active(self) -> torch.Tensor:
@@ -215,7 +242,7 @@ def naive(f: Map, z0: torch.Tensor, /, *, max_iter: int = 50, tol: float = 1e-4,
         if state.n_active == 0:
             break
         step = fz if damping == 0.0 else torch.lerp(fz, z, damping)
-        z = _select(state.active, state.n_active, step, z)
+        z = state.select_active(step, z)
         fz = fn(z)
         state.update(z, *_residuals_from(fz - z, fz))
     return state.result(shape)
@@ -269,64 +296,60 @@ def anderson(
     fz = fn(z)
     g = fz - z
     track = _tracking(fz, z0)
-    abs_r, rel_r = _residuals_from(g, fz)
-    state = _Tracker(z, abs_r, rel_r, tol)
+    gg = (g * g).sum(dim=1)
+    state = _Tracker(z, *_residuals_from_sq(gg, fz), tol)
 
     dtype, device = z.dtype, z.device
-    # History in a ring of m slots: F_hist[:, i] = f(z_i), G_hist[:, i] = g_i; gram[:, i, j] = <g_i, g_j>.
-    F_hist = torch.zeros(bsz, m, dim, dtype=dtype, device=device)
-    G_hist = torch.zeros(bsz, m, dim, dtype=dtype, device=device)
+    # History in a ring of m slots (slots fill in order, so the first min(k, m) are the valid ones):
+    # F_hist[:, i] = f(z_i), G_hist[:, i] = g_i. ``kkt`` is the bordered system [[0, 1ᵀ], [1, GᵀG]]
+    # whose lower-right block is the Gram matrix <g_i, g_j>, updated one row/column per step (O(m·d)).
+    F_hist = torch.empty(bsz, m, dim, dtype=dtype, device=device)
+    G_hist = torch.empty(bsz, m, dim, dtype=dtype, device=device)
     F_hist[:, 0] = fz
     G_hist[:, 0] = g
-    gram = torch.zeros(bsz, m, m, dtype=dtype, device=device)
-    gram[:, 0, 0] = (g * g).sum(dim=1)
-    # Bordered KKT system [[0, 1ᵀ], [1, GG + reg I]] [nu; alpha] = [1; 0]; the border never changes.
     kkt = torch.zeros(bsz, m + 1, m + 1, dtype=dtype, device=device)
     kkt[:, 0, 1:] = 1
     kkt[:, 1:, 0] = 1
+    kkt[:, 1, 1] = gg
     rhs = torch.zeros(bsz, m + 1, 1, dtype=dtype, device=device)
     rhs[:, 0] = 1
-    eye = torch.eye(m, dtype=dtype, device=device)
     floor = torch.finfo(dtype).tiny ** 0.5  # keeps the system regular when every g_i is exactly 0
 
     for k in range(1, int(max_iter)):
         if state.n_active == 0:
             break
         n = min(k, m)
-        latest = (k - 1) % m
+        plain = fz if beta == 1.0 else fz - (1.0 - beta) * g  # the plain (damped) step from the latest pair
         if n == 1:
-            cand = fz if beta == 1.0 else fz - (1.0 - beta) * g
+            cand = plain
         else:
-            gg = gram[:, :n, :n]
-            reg = (lam * gg.diagonal(dim1=1, dim2=2).mean(1)).clamp_min(floor)
-            block = gg + reg[:, None, None] * eye[:n, :n]
-            if track:
-                system = torch.cat((kkt[:, :1, : n + 1], torch.cat((kkt[:, 1 : n + 1, :1], block), dim=2)), dim=1)
-            else:
-                kkt[:, 1 : n + 1, 1 : n + 1] = block
-                system = kkt[:, : n + 1, : n + 1]
+            # [[0, 1ᵀ], [1, GᵀG + reg I]] [nu; alpha] = [1; 0], reg relative to the mean squared residual.
+            system = kkt[:, : n + 1, : n + 1].clone()
+            diag = system.diagonal(dim1=1, dim2=2)[:, 1:]
+            reg = diag.mean(1, keepdim=True).mul_(lam).clamp_min_(floor)
+            diag.add_(reg)
             # solve_ex: a singular system gives non-finite weights (handled below), not an exception.
             alpha = torch.linalg.solve_ex(system, rhs[:, : n + 1])[0][:, 1:, 0]  # (B, n)
-            # Non-finite weights: one-hot on the latest pair, i.e. a plain (damped) step.
-            plain = eye[latest, :n].expand_as(alpha)
-            alpha = torch.where(torch.isfinite(alpha).all(dim=1, keepdim=True), alpha, plain)
             cand = _weighted_rows(alpha, F_hist[:, :n])
             if beta != 1.0:
                 cand = cand - (1.0 - beta) * _weighted_rows(alpha, G_hist[:, :n])
-        z = _select(state.active, state.n_active, cand, z)
+            # Non-finite weights (s - s is 0 only for finite s): take the plain step instead.
+            s = alpha.sum(1, keepdim=True)
+            cand = torch.where((s - s) == 0, cand, plain)
+        z = state.select_active(cand, z)
         fz = fn(z)
         g = fz - z
-        state.update(z, *_residuals_from(g, fz))
 
         slot = k % m
-        row = _row_dots(g, G_hist)  # <g_new, g_i> for every slot (the replaced one is overwritten below)
+        filled = min(k + 1, m)
         if track:  # out of place, so that autograd keeps the versions it saved
-            F_hist, G_hist, gram = F_hist.clone(), G_hist.clone(), gram.clone()
+            F_hist, G_hist, kkt = F_hist.clone(), G_hist.clone(), kkt.clone()
         F_hist[:, slot] = fz
         G_hist[:, slot] = g
-        gram[:, slot, :] = row
-        gram[:, :, slot] = row
-        gram[:, slot, slot] = (g * g).sum(dim=1)
+        row = _row_dots(g, G_hist[:, :filled])  # <g_new, g_i> for every valid slot, itself included
+        kkt[:, slot + 1, 1 : filled + 1] = row
+        kkt[:, 1 : filled + 1, slot + 1] = row
+        state.update(z, *_residuals_from_sq(row[:, slot], fz))
     return state.result(shape)
 
 
@@ -381,17 +404,19 @@ def broyden(
     V = torch.zeros_like(U)
     eps = torch.finfo(z.dtype).eps
 
-    def low_rank(vec: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-        # sum_j left_j (right_j · vec), batched: (B, d) -> (B, d)
-        return _weighted_rows(_row_dots(vec, right), left)
+    def low_rank(vec: torch.Tensor, left: torch.Tensor, right: torch.Tensor, n: int) -> torch.Tensor:
+        # sum_j left_j (right_j · vec) over the n valid pairs, batched: (B, d) -> (B, d)
+        if n == 0:
+            return torch.zeros_like(vec)
+        return _weighted_rows(_row_dots(vec, right[:, :n]), left[:, :n])
 
     for k in range(1, int(max_iter)):
         if state.n_active == 0:
             break
         active = state.active
-        step = g - low_rank(g, U, V)  # -H g
-        finite = torch.isfinite(step).all(dim=1)
-        cand = torch.where(finite[:, None], z + step, fz)
+        n = min(k - 1, m)  # pairs stored so far (slots fill in order)
+        step = g - low_rank(g, U, V, n) if n else g  # -H g
+        cand = torch.where(_finite_rows(step)[:, None], z + step, fz)
         z_new = _select(active, state.n_active, cand, z)
         fz_new = fn(z_new)
         g_new = fz_new - z_new
@@ -401,11 +426,11 @@ def broyden(
 
         # Good Broyden: H += (s - H y) (Hᵀ s)ᵀ / (sᵀ H y), with s = Δz, y = Δg.
         s, y = z_new - z, g_new - g
-        v = -s + low_rank(s, V, U)  # Hᵀ s
+        v = -s + low_rank(s, V, U, n)  # Hᵀ s
         denom = (v * y).sum(dim=1)
-        u = (s + y - low_rank(y, U, V)) / torch.where(denom == 0, 1.0, denom)[:, None]  # (s - H y) / denom
-        good = (denom.abs() > eps * v.norm(dim=1) * y.norm(dim=1)) & torch.isfinite(u).all(1)
-        good = good & torch.isfinite(v).all(1) & active
+        u = (s + y - low_rank(y, U, V, n)) / torch.where(denom == 0, 1.0, denom)[:, None]  # (s - H y) / denom
+        good = (denom.abs() > eps * v.norm(dim=1) * y.norm(dim=1)) & _finite_rows(u)
+        good = good & _finite_rows(v) & active
         blowup = active & ~(rel_r <= restart_ratio * state.best_rel)  # also catches NaN residuals
         add = (good & ~blowup)[:, None]
         if track:

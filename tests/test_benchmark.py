@@ -1,0 +1,97 @@
+"""tools/benchmark.py smoke test: the ``--quick`` run writes a complete result (schema only, no timing asserts).
+
+The whole quick run (every section, memory subprocesses included) takes ~20-40 s on 2 shared cores, so it
+runs once per session and the tests below read its result.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("tool_benchmark", REPO / "tools" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("bench") / "results-test.json"
+    assert _tool().main(["--quick", "--json", str(out)]) == 0
+    return json.loads(out.read_text()), out
+
+
+def _positive(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_quick_run_writes_every_section(quick: tuple[dict, Path]) -> None:
+    result, path = quick
+    assert result["format"] == "lyadeq-zoo-bench/1" and result["quick"] is True
+    assert result["threads"] == 1 and result["device"] == "cpu"
+    assert result["machine"].startswith("cpu-") and result["machine"].endswith("core")
+    assert _positive(result["gemm"]["flops_per_s"])
+    for section in ("solvers", "model", "memory", "attacks", "targets"):
+        assert section in result, section
+    assert path.with_suffix(".png").stat().st_size > 0
+
+
+def test_solver_section_compares_with_torchdeq_on_the_same_f(quick: tuple[dict, Path]) -> None:
+    solvers = quick[0]["solvers"]
+    assert solvers["cases"], "at least one solver case"
+    for case in solvers["cases"]:
+        assert case["dataset"] in ("mnist", "cifar10") and case["batch"] >= 1
+        assert _positive(case["f_seconds"])
+        for name in ("anderson", "broyden", "naive", "anderson_solver", "broyden_solver", "fixed_point_iter"):
+            row = case["results"][name]
+            assert _positive(row["seconds"]) and row["f_evals"] >= 1
+            assert row["max_rel_residual"] >= 0 and math.isfinite(row["overhead_per_iter_s"])
+        # Our solvers stop by the rule they are given: the returned point meets the tolerance.
+        for ours in ("anderson", "broyden", "naive"):
+            assert case["results"][ours]["max_rel_residual"] <= solvers["tol"]
+            assert _positive(case["ours_vs_torchdeq"][ours]["time_ratio"])
+
+
+def test_model_memory_attack_sections(quick: tuple[dict, Path]) -> None:
+    result = quick[0]
+    for ds in result["model"]["datasets"].values():
+        assert len(ds["models"]) == 5  # deq, lyadeq, deq_orth, lyadeq_no_orth, plain
+        for row in ds["models"].values():
+            assert _positive(row["train_images_per_s"]) and _positive(row["eval_images_per_s"])
+            assert _positive(row["train_flops_per_image"]) and _positive(row["train_over_floor"])
+            # FlopCounterMode counts the backward too: a train step costs more FLOPs than eval.
+            assert row["train_flops_per_image"] > row["eval_flops_per_image"]
+        assert _positive(ds["ratios"]["lyadeq_over_deq_train_step"])
+        assert ds["flops_breakdown_per_image"]["cell_per_f_eval"] > 0
+    rows = result["memory"]["rows"]
+    assert {(r["scope"], r["mode"]) for r in rows} >= {("layer", "ift"), ("layer", "unroll")}
+    assert all(r["peak_extra_bytes"] >= 0 and r["method"] for r in rows)
+    attacks = result["attacks"]
+    assert _positive(attacks["pgd10"]["lyadeq_cifar10"]["images_per_s"])
+    assert _positive(attacks["suite"]["images_per_s"]) and attacks["suite"]["n"] >= 1
+    for target in result["targets"].values():
+        assert target["met"] in (True, False, None) and "detail" in target
+
+
+def test_markdown_table_from_result(quick: tuple[dict, Path]) -> None:
+    text = _tool().markdown(quick[0])
+    assert "| anderson |" in text and "**Targets**" in text and "Backward memory" in text
+
+
+def test_missing_torchdeq_is_reported_and_only_that_comparison_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torchdeq", None)  # makes `import torchdeq` raise ImportError
+    out = _tool().bench_solvers(torch.device("cpu"), quick=True)
+    assert "not installed" in out["torchdeq"]
+    case = out["cases"][0]
+    assert set(case["results"]) == {"anderson", "broyden", "naive"} and case["ours_vs_torchdeq"] == {}
