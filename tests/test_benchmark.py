@@ -57,9 +57,15 @@ def test_solver_section_compares_with_torchdeq_on_the_same_f(quick: tuple[dict, 
             row = case["results"][name]
             assert _positive(row["seconds"]) and row["f_evals"] >= 1
             assert row["max_rel_residual"] >= 0 and math.isfinite(row["overhead_per_iter_s"])
-        # Our solvers stop by the rule they are given: the returned point meets the tolerance.
+        # Our quasi-Newton solvers stop by the rule they are given: the returned point meets the tolerance.
+        # Plain iteration need not converge on a trained cell (not a contraction everywhere); then it must
+        # have spent its whole budget and report the residual it actually reached.
         for ours in ("anderson", "broyden", "naive"):
-            assert case["results"][ours]["max_rel_residual"] <= solvers["tol"]
+            row = case["results"][ours]
+            if ours != "naive":
+                assert row["max_rel_residual"] <= solvers["tol"]
+            elif row["max_rel_residual"] > solvers["tol"]:
+                assert row["f_evals"] >= solvers["max_iter"]
             assert _positive(case["ours_vs_torchdeq"][ours]["time_ratio"])
 
 

@@ -185,7 +185,7 @@ def bench_gemm(device: torch.device, quick: bool) -> dict[str, Any]:
 # -- solvers ----------------------------------------------------------------------------------------
 def _solver_cases(quick: bool) -> list[tuple[str, int, str]]:
     if quick:
-        return [("mnist", 128, "stiff")]
+        return [("mnist", 128, "init"), ("mnist", 128, "stiff")]
     return [(ds, b, cell) for ds in ("mnist", "cifar10") for b in (128, 1024) for cell in ("init", "stiff")]
 
 
@@ -282,6 +282,10 @@ def bench_solvers(device: torch.device, quick: bool, tol: float = 1e-4, max_iter
         if dataset not in models:
             models[dataset] = zoo_model(f"lyadeq_{dataset}", device)
         model, weights = models[dataset]
+        if variant == "stiff" and weights == "pretrained":
+            # Scaling a trained W2 by 10 makes the map non-contractive (nothing converges); the trained
+            # cell itself is the realistic hard case then.
+            continue
         model.eval()
         case = _solver_case(ours, td, model, dataset, batch, variant, device, repeat, tol, max_iter, m)
         case["weights"] = weights
