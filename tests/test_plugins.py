@@ -184,3 +184,46 @@ def test_discovery_is_lazy_and_happens_once(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "AFTER_IMPORT None" in result.stdout  # nothing loaded at import time
     assert "AFTER_LOOKUPS 1" in result.stdout
+
+
+def test_plugin_solver_and_head_from_yaml_train_a_model(installed_example_plugin: Path, tmp_path: Path) -> None:
+    """The installed plugin's solver and head, named in a YAML config, build a LyaDEQ that trains."""
+    config = tmp_path / "plugin_lyadeq.yaml"
+    config.write_text(
+        f"_base_: {REPO / 'configs' / 'mnist' / 'lyadeq.yaml'}\n"
+        "model:\n"
+        "  solver: {type: damped_picard, max_iter: 40, tol: 1.0e-3, damping: 0.7}\n"
+        "  head: {type: cosine, scale: 12.0}\n"
+        "data: {type: mnist, root: sample}\n"
+    )
+    result = run_python(
+        f"""
+        import json, torch
+        import lyadeq_zoo as lz
+        from lyadeq_zoo.training import train
+        model = lz.build_model({str(config)!r})
+        before = {{k: v.clone() for k, v in model.state_dict().items()}}
+        out = train({str(config)!r}, {str(tmp_path / 'run')!r}, progress=False, overrides=[
+            "train.epochs=1", "train.batch_size=32", "train.limit_train=64", "train.limit_test=64",
+            "train.final_eval=null", "train.eval_every_epochs=0",
+        ])
+        trained = out.model
+        changed = [k for k, v in trained.state_dict().items() if k.startswith("head.")
+                   and not torch.equal(v, before[k])]
+        print(json.dumps({{
+            "solver": type(trained).__name__ and trained.config["model"]["solver"]["type"],
+            "head": type(trained.head).__name__,
+            "head_changed": changed,
+            "loss": [r["train_loss"] for r in out.history if "train_loss" in r],
+            "rebuilt_same_keys": sorted(lz.build_model(trained.config).state_dict()) == sorted(before),
+        }}))
+        """,
+        installed_example_plugin,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["solver"] == "damped_picard"
+    assert out["head"] == "CosineHead"
+    assert out["head_changed"] == ["head.weight"]
+    assert out["loss"] and all(loss == loss and loss < 10 for loss in out["loss"])
+    assert out["rebuilt_same_keys"] is True
