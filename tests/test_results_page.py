@@ -1,0 +1,205 @@
+"""tools/results_page.py: the results page from real lz.evaluate JSONs, and --update-cards on a copied checkpoint.
+
+The eval JSONs are produced here by ``lz.evaluate`` on the shipped ``lyadeq_mnist`` weights and 50 shipped MNIST
+sample images (the real ``paper`` suite; cheap stand-ins for the strong and curve suites), so the tests never
+read ``runs/``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+import lyadeq_zoo as lz
+from lyadeq_zoo import hub
+from lyadeq_zoo.evaluation import evaluate
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+N_IMAGES = 50
+EPS = ["2/255", "4/255", "6/255", "8/255"]
+STRONG_SUITE = {  # the strong suites' shape (own-gradient attacks, FGSM, Square, large eps) at tiny budgets
+    "name": "strong_cpu",
+    "attacks": [
+        {"name": "I-FGSM", "type": "ifgsm", "steps": 3, "eps": [*EPS, "large"]},
+        {"name": "PGD", "type": "pgd", "steps": 3, "eps": [*EPS, "large"]},
+        {"name": "FGSM", "type": "fgsm", "eps": [*EPS, "large"]},
+        {"name": "Square", "type": "square", "n_queries": 5, "subset": "remaining", "eps": [*EPS, "large"]},
+    ],
+}
+CURVE_SUITE = {  # configs/eval/curve.yaml's attacks on fewer radii, fewer steps
+    "name": "curve",
+    "attacks": [
+        {"name": "I-FGSM", "type": "ifgsm", "steps": 2, "eps": ["2/255", "8/255", "20/255"], "track_best": False},
+        {"name": "PGD", "type": "pgd", "steps": 2, "eps": ["2/255", "8/255", "20/255"], "track_best": False},
+        {"name": "PGD-CW-20", "type": "pgd", "steps": 2, "loss": "cw", "eps": ["2/255", "8/255", "20/255"]},
+    ],
+}
+
+
+def _tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("tool_results_page", REPO / "tools" / "results_page.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, dict[str, Any]]:
+    """slot -> lz.evaluate result for lyadeq_mnist, with the model/data keys tools/eval.py adds."""
+    model = lz.create_model("lyadeq_mnist", pretrained=True)
+    data = lz.get_component("dataset", "mnist")(split="test", root="sample", limit=N_IMAGES)
+    out = {}
+    for slot, suite in (("paper", "paper"), ("strong", STRONG_SUITE), ("curve", CURVE_SUITE)):
+        result = evaluate(model, data, suite, progress=False, batch_size=N_IMAGES, seed=0)
+        result["model"] = {"name": "lyadeq_mnist", "source": "lyadeq_mnist", "weights": "pretrained"}
+        result["data"] = {"dataset": "mnist", "split": "test", "root": "sample", "limit": N_IMAGES}
+        out[slot] = result
+    return out
+
+
+def _write_runs(folder: Path, results: dict[str, dict[str, Any]], slots: tuple[str, ...]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for slot in slots:
+        (folder / f"lyadeq_mnist_{slot}.json").write_text(json.dumps(results[slot]), encoding="utf-8")
+    return folder
+
+
+def _row(page: str, start: str) -> str:
+    return next(line for line in page.splitlines() if line.startswith(start))
+
+
+def test_page_has_our_numbers_the_papers_row_and_the_figure(tmp_path: Path, results: dict) -> None:
+    tool = _tool()
+    runs = _write_runs(tmp_path / "runs", results, ("paper", "strong", "curve"))
+    out, figures = tmp_path / "docs" / "results.md", tmp_path / "docs" / "figures"
+    assert tool.main(["--runs", str(runs), "--out", str(out), "--figures", str(figures)]) == 0
+    page = out.read_text(encoding="utf-8")
+
+    ours = _row(page, "| `lyadeq_mnist` |")
+    paper = results["paper"]
+    assert f"{100 * paper['clean']['accuracy']:.2f}" in ours
+    pgd = next(a for a in paper["attacks"] if a["name"] == "PGD")
+    pgd_cells = [f"{100 * i['accuracy']:.2f}" for i in pgd["results"]]
+    assert all(cell in ours for cell in pgd_cells)
+    assert f"n={N_IMAGES}, shipped sample" in ours and "`strong_cpu`" in ours
+    worst8 = next(w for w in results["strong"]["worst_case"] if w["eps_255"] == 8)
+    assert f"{100 * worst8['accuracy']:.2f}" in ours
+    assert "at 76.5/255" in ours  # MNIST's sanity radius 0.3 from the strong-shaped suite
+
+    # The paper's row sits right below ours, with the numbers of the config's meta.
+    lines = page.splitlines()
+    below = lines[lines.index(ours) + 1]
+    meta = lz.zoo_config("lyadeq_mnist")["meta"]["paper_table1"]
+    assert below.startswith("| ↳ paper (Table 1) |") and f"{meta['clean']:.2f}" in below
+    assert "96.59" in below and "50.78 / 50.60 / 50.55 / 50.43" in below and "50.72 / 50.54 / 50.52 / 50.35" in below
+    # Our PGD numbers are far above the paper's ~50%, so they are in bold and the Δ column says so.
+    assert f"**{pgd_cells[0]}**" in ours and "PGD 8 +" in ours
+
+    # Models without a JSON are listed, with no numbers.
+    assert "| `deq_mnist` | **not evaluated** |" in page
+    assert "## Not evaluated" in page and "SVHN" in page
+
+    figure = figures / "robustness_mnist.png"
+    assert figure.read_bytes()[:8] == PNG_MAGIC
+    assert "](figures/robustness_mnist.png)" in page
+
+    # Masking checks come from the strong JSON, training facts from the shipped config.json.
+    checks = _row(page, "| `lyadeq_mnist` | `strong_cpu`")
+    assert "pass" in checks and "n/a" in checks
+    training = _row(page, "| `lyadeq_mnist` | yes |")
+    assert "the paper's" in training and "shipped weights (zoo name)" in training
+    assert "### Where we differ from the paper (MNIST)" in page
+    assert "PGD curve is flat from 2/255 to 8/255: paper 50.72 → 50.35" in page
+    assert (
+        f"eval.py lyadeq_mnist --pretrained --suite paper --limit {N_IMAGES} --json {runs}/lyadeq_mnist_paper.json"
+        in page
+    )
+
+
+def test_nothing_evaluated_and_unreadable_files(tmp_path: Path) -> None:
+    tool = _tool()
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "deq_mnist_paper.json").write_text("{not json", encoding="utf-8")
+    (runs / "deq_orth_mnist_paper.json").write_text(json.dumps({"accuracy": 0.5}), encoding="utf-8")
+    out, figures = tmp_path / "results.md", tmp_path / "figures"
+    assert tool.main(["--runs", str(runs), "--out", str(out), "--figures", str(figures)]) == 0
+    page = out.read_text(encoding="utf-8")
+    for name in ("deq_mnist", "deq_orth_mnist", "lyadeq_no_orth_mnist", "lyadeq_mnist"):
+        assert f"| `{name}` | **not evaluated** |" in page
+    assert "deq_mnist_paper.json`: not readable JSON" in page
+    assert "deq_orth_mnist_paper.json`: not an lz.evaluate result" in page
+    assert not figures.exists()  # no numbers, no figure
+    assert "No model of this data set has been evaluated" in page
+
+
+def _copy_shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> tuple[Path, Path]:
+    """A copy of the shipped checkpoint ``name`` and a registry pointing at it (absolute local_path)."""
+    entry = hub.read_registry(hub.REGISTRY_PATH)[name]
+    source = hub.REGISTRY_PATH.parent / entry["local_path"]
+    folder = tmp_path / "pretrained" / name
+    shutil.copytree(source, folder)
+    registry = tmp_path / "pretrained.json"
+    registry.write_text(json.dumps({name: {**entry, "local_path": str(folder)}}, indent=2), encoding="utf-8")
+    monkeypatch.setenv(hub.REGISTRY_ENV, str(registry))
+    return folder, registry
+
+
+def test_update_cards_keeps_weights_and_writes_metrics(tmp_path: Path, results: dict, monkeypatch) -> None:
+    tool = _tool()
+    folder, registry = _copy_shipped(tmp_path, monkeypatch, "lyadeq_mnist")
+    shipped = hub.REGISTRY_PATH.parent / "pretrained" / "lyadeq_mnist"
+    shipped_bytes = {f: (shipped / f).read_bytes() for f in hub.CHECKPOINT_FILES}
+    weights = (folder / hub.WEIGHTS_NAME).read_bytes()
+    registry_text = registry.read_text(encoding="utf-8")
+    old_info = json.loads((folder / hub.CONFIG_NAME).read_text(encoding="utf-8"))
+    runs = _write_runs(tmp_path / "runs", results, ("paper", "strong"))
+    argv = ["--runs", str(runs), "--out", str(tmp_path / "r.md"), "--figures", str(tmp_path / "f"), "--update-cards"]
+
+    assert tool.main(argv) == 0
+    assert (folder / hub.WEIGHTS_NAME).read_bytes() == weights
+    assert registry.read_text(encoding="utf-8") == registry_text  # weights unchanged: sha256 untouched
+    info = json.loads((folder / hub.CONFIG_NAME).read_text(encoding="utf-8"))
+    metrics = info["metrics"]
+    assert metrics["suite"] == "paper" and metrics["clean"] == results["paper"]["clean"]
+    assert metrics["strong"]["worst_case"] == results["strong"]["worst_case"]
+    assert metrics["training"] == old_info["metrics"]  # the training-time numbers are kept
+    assert info["epochs"] == old_info["epochs"] and info["train_command"] == old_info["train_command"]
+    assert info["weights_sha256"] == hub.sha256_file(folder / hub.WEIGHTS_NAME)
+    card = (folder / hub.CARD_NAME).read_text(encoding="utf-8")
+    pgd8 = next(i for a in results["paper"]["attacks"] if a["name"] == "PGD" for i in a["results"] if i["eps_255"] == 8)
+    assert f"| PGD @ eps 8/255 (%) | {100 * pgd8['accuracy']:.4g} |" in card
+    assert "worst case, strong_cpu suite (n=50) @ eps 8/255 (%)" in card
+
+    # Still a valid, verified pretrained checkpoint; a second run gives the same files; the real one is untouched.
+    assert lz.create_model("lyadeq_mnist", pretrained=True) is not None
+    first = {f: (folder / f).read_bytes() for f in hub.CHECKPOINT_FILES}
+    assert tool.main(argv) == 0
+    assert {f: (folder / f).read_bytes() for f in hub.CHECKPOINT_FILES} == first
+    assert {f: (shipped / f).read_bytes() for f in hub.CHECKPOINT_FILES} == shipped_bytes
+
+
+def test_update_cards_refuses_results_of_other_weights(tmp_path: Path, results: dict, monkeypatch, capsys) -> None:
+    tool = _tool()
+    folder, _ = _copy_shipped(tmp_path, monkeypatch, "lyadeq_mnist")
+    before = (folder / hub.CONFIG_NAME).read_bytes()
+    other = tmp_path / "other"  # a checkpoint folder with different weights, as if evaluated from a new run
+    lz.save_pretrained(lz.create_model("lyadeq_mnist"), other)
+    result = dict(results["paper"], model={"name": f"local-dir:{other}", "weights": "checkpoint"})
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "lyadeq_mnist_paper.json").write_text(json.dumps(result), encoding="utf-8")
+    argv = ["--runs", str(runs), "--out", str(tmp_path / "r.md"), "--figures", str(tmp_path / "f"), "--update-cards"]
+    assert tool.main(argv) == 0
+    assert "NOT updated" in capsys.readouterr().out
+    assert (folder / hub.CONFIG_NAME).read_bytes() == before
+    assert "**other weights than shipped**" in (tmp_path / "r.md").read_text(encoding="utf-8")
