@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, Dataset
 
 from .attacks.base import (
@@ -349,7 +350,10 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        return _evaluate(model, loader, suite, device, seed, progress, limit, dataset, batch_size, checks, start)
+        # The parameters do not change while evaluating: parametrized weights (the orthogonal head's matrix_exp)
+        # are computed once for the whole evaluation instead of at every forward pass of every attack step.
+        with parametrize.cached():
+            return _evaluate(model, loader, suite, device, seed, progress, limit, dataset, batch_size, checks, start)
     finally:
         model.train(was_training)
 
@@ -591,7 +595,9 @@ def masking_checks(
     * ``transfer``: a transfer attack breaks beyond every white-box attack.
     * ``alternative_backward``: an attack through another DEQ backward (e.g. unrolled) breaks beyond
       the attacks using the model's own gradient: the default backward's gradient is misleading.
-    * ``dynamic_defense``: the forward pass calls autograd (AutoAttack's flag; informational).
+    * ``dynamic_defense``: the forward pass calls autograd (AutoAttack's flag; informational). Detected by
+      profiling Python calls into ``torch.autograd`` during one forward; LyaDEQ models fire it only with the
+      Lyapunov option ``grad_method: autograd``.
     """
     n = clean_correct.numel()
     tol = max(suite["checks"]["tolerance"], 3.0 / max(n, 1))
@@ -856,8 +862,10 @@ def _check_dynamic(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], d
         False,
         "info",
         "the forward pass calls autograd (" + "; ".join(calls) + "). AutoAttack flags such models as "
-        "'dynamic defenses'. In a Lyapunov-stable DEQ this is expected: the stability module computes "
-        "grad V(z) inside the forward pass to project the dynamics. It is sound only if that gradient is "
+        "'dynamic defenses'. A Lyapunov-stable DEQ does this when its stability module is built with "
+        "grad_method: autograd (it then takes grad V(z) with torch.autograd.grad inside the forward pass to "
+        "project the dynamics; the default grad_method: analytic computes the same gradient with explicit "
+        "tensor operations and does not trigger this note). Such a model is sound only if that gradient is "
         "built with create_graph=True, so that attacks differentiate through it; if it is detached, "
         "white-box attacks see a partial gradient. Trust the worst case over the gradient-free and "
         "transfer attacks (--suite strong), not the white-box numbers alone.",

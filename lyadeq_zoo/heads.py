@@ -43,6 +43,10 @@ class OrthogonalHead(nn.Module):
     the logit scale free, which an orthonormal ``(num_classes, in_features)`` classifier would fix to 1.
 
     ``orthogonal_map``: ``"matrix_exp"``, ``"cayley"`` or ``"householder"`` (torch's choice when None).
+
+    ``Z`` is recomputed from its parameter at every forward pass (a fixed cost whatever the batch). Attacks and
+    ``lz.evaluate`` compute it once per call by running inside ``torch.nn.utils.parametrize.cached()``; wrap your
+    own repeated inference in that context for the same saving (never around an optimiser step).
     """
 
     __lyadeq_zoo_supplied__ = SUPPLIED

@@ -13,7 +13,8 @@ def stability_report(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tenso
     returned z*); for Lyapunov models also ``lyapunov_value`` V(z*) and ``lyapunov_decrease``
     ``∇V(z*)ᵀF̂(z*) + c·V(z*)`` (<= 0 certifies the decrease condition at z*).
 
-    The forward pass runs under ``torch.no_grad()``; the Lyapunov module still takes ∇V with autograd locally.
+    The forward pass runs under ``torch.no_grad()``; the Lyapunov module computes ∇V in closed form (with
+    autograd locally only for ``grad_method: autograd``).
     The model is used in its current mode (call ``model.eval()`` first for the deployed map: in train mode a
     BatchNorm model would also update its running statistics once). Works for any model that stores its last
     forward's diagnostics in ``model.last_info`` (as :class:`lyadeq_zoo.models.DEQClassifier` does).

@@ -159,11 +159,22 @@ def test_dynamic_defense_is_detected(test_set) -> None:
 
 
 def test_transfer_without_weights_is_skipped_with_a_reason(honest, test_set) -> None:
-    spec = [{"type": "fgsm", "eps": [0.1]}, {"type": "transfer", "source": "deq_{dataset}", "eps": [0.1]}]
+    # SVHN cannot be trained here (no copy of the data), so deq_svhn never has shipped weights.
+    spec = [{"type": "fgsm", "eps": [0.1]}, {"type": "transfer", "source": "deq_svhn", "eps": [0.1]}]
     result = evaluate(honest, test_set, spec, dataset="mnist", progress=False, limit=10)
     transfer = result["attacks"][1]
-    assert "deq_mnist" in transfer["skipped"] and transfer["results"][0]["accuracy"] is None
+    assert "deq_svhn" in transfer["skipped"] and transfer["results"][0]["accuracy"] is None
     assert result["worst_case"][0]["attacks"] == ["fgsm"]
+
+
+def test_transfer_from_the_shipped_deq_baseline_runs(honest, test_set) -> None:
+    assert "deq_mnist" in lz.list_models(pretrained=True)
+    spec = [{"type": "transfer", "source": "deq_{dataset}", "attack": {"type": "pgd", "steps": 5}, "eps": [0.3]}]
+    result = evaluate(honest, test_set, spec, dataset="mnist", progress=False, limit=10)
+    transfer = result["attacks"][0]
+    assert not transfer.get("skipped")
+    accuracy = transfer["results"][0]["accuracy"]
+    assert accuracy is not None and accuracy <= result["clean"]["accuracy"]
 
 
 def test_shipped_suites() -> None:

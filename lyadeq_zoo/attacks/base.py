@@ -11,6 +11,11 @@ and called as ``attack(model, x, y) -> x_adv``:
 The model is run in the mode it is in (``evaluate`` puts it in eval mode); its train/eval flag and
 its parameters' ``requires_grad`` are never changed, and no parameter ``.grad`` is written: input
 gradients come from ``torch.autograd.grad`` with respect to the input only.
+
+Parametrized weights (``torch.nn.utils.parametrize``, e.g. the orthogonal head's ``matrix_exp``) are computed
+once per attack call, not at every step: the whole call runs inside ``parametrize.cached()``. The parameters
+do not change during an attack, so the function attacked and its input gradient are unchanged; the cache is
+dropped when the call returns, so a training step that calls an attack updates and recomputes them as usual.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..config import parse_number
 from ..registry import get_component
@@ -251,6 +257,11 @@ class Attack:
         """Adversarial examples ``x_adv`` (same shape as ``x``) in the eps-ball around ``x`` and [0, 1]."""
         check_inputs(x, y)
         self.check_model(model)
+        # Parameters are fixed during an attack: compute parametrized weights once for all its forward passes.
+        with parametrize.cached():
+            return self._attack(model, x, y)
+
+    def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = x.detach()
         y = y.detach().to(x.device)
         generator = None
