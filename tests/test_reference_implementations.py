@@ -70,7 +70,9 @@ def test_pgd_matches_torchattacks_pgd(small_mnist_model) -> None:
     torch.manual_seed(1)
     theirs = accuracy(model, torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)(x, y), y)
     ifgsm = lz.create_attack("ifgsm", eps=eps, alpha=alpha, steps=steps)
-    ours_attack = lz.create_attack("pgd", eps=eps, alpha=alpha, steps=steps, random_start=True, track_best=False, seed=1)
+    ours_attack = lz.create_attack(
+        "pgd", eps=eps, alpha=alpha, steps=steps, random_start=True, track_best=False, seed=1
+    )
     x_adv = ours_attack(model, x, y)
     ours = accuracy(model, x_adv, y)
     assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
