@@ -396,7 +396,14 @@ def model_card(info: Mapping[str, Any]) -> str:
         lines += ["", f"The paper reports (Table 1, accuracy %): `{json.dumps(meta['paper_table1'])}`."]
     lines += ["", "## Training", ""]
     if info.get("epochs") is not None:
-        lines.append(f"Epochs run: {info['epochs']}.")
+        paper_epochs = meta.get("paper_epochs")
+        if paper_epochs and info["epochs"] < paper_epochs:
+            lines.append(
+                f"**Shortened schedule: {info['epochs']} epochs run, the paper trains {paper_epochs}.** "
+                "Numbers from this checkpoint are not comparable with the paper's as a reproduction."
+            )
+        else:
+            lines.append(f"Epochs run: {info['epochs']}" + (f" (paper: {paper_epochs})." if paper_epochs else "."))
         lines.append("")
     if info.get("train_command"):
         lines += ["Command:", "", "```bash", str(info["train_command"]), "```", ""]

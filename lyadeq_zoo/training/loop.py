@@ -638,7 +638,11 @@ def _save_final(
         metrics.setdefault("clean_accuracy", last["test_acc"])
     epochs = last.get("epoch")
     model.eval()
-    save_pretrained(model, directory, metrics=metrics, dataset=dataset, train_command=command, epochs=epochs)
+    # DIR/final: the card is named after the run folder (e.g. runs/zoo/lyadeq_mnist), not "final".
+    save_pretrained(
+        model, directory, metrics=metrics, dataset=dataset, train_command=command, epochs=epochs,
+        name=directory.parent.name,
+    )
     return directory
 
 
