@@ -36,6 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_dumps
 
 from .config import ConfigError, merge_configs
+from .data.samples import sha256_file  # noqa: F401  (re-exported: tools/publish.py uses hub.sha256_file)
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -623,15 +624,6 @@ def read_registry(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
 def has_pretrained(name: str) -> bool:
     """Whether zoo model ``name`` has an entry in the pretrained registry."""
     return name in read_registry()
-
-
-def sha256_file(path: str | Path) -> str:
-    """The hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_sha256(path: str | Path, expected: str, *, source: str) -> None:
