@@ -24,8 +24,8 @@ from lyadeq_zoo.registry import build_component
 PRETRAINED = lz.list_models(pretrained=True)
 
 
-def _mnist(n: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = lz.get_component("dataset", "mnist")(split="test", root="sample").tensors()
+def _mnist(n: int, offset: int = 0, dataset: str = "mnist") -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = lz.get_component("dataset", dataset)(split="test", root="sample").tensors()
     return x[offset : offset + n], y[offset : offset + n]
 
 
@@ -122,7 +122,7 @@ def test_shipped_weights_same_tensors_and_function(name: str) -> None:
     stored = load_file(str(hub.resolve_pretrained_file(name)))
     state = model.state_dict()
     assert {k: tuple(v.shape) for k, v in stored.items()} == {k: tuple(v.shape) for k, v in state.items()}
-    x, y = _mnist(32)
+    x, y = _mnist(64, dataset=model.config["data"]["type"])
     ref = copy.deepcopy(model)
     if model.lyapunov is not None:
         assert model.lyapunov.grad_method == "analytic"  # the shipped configs get the new default
@@ -130,7 +130,8 @@ def test_shipped_weights_same_tensors_and_function(name: str) -> None:
     with torch.no_grad():
         logits, logits_ref = model(x), ref(x)
     assert (logits - logits_ref).abs().max() <= 1e-5 * max(1.0, float(logits_ref.abs().max()))
-    assert (logits.argmax(1) == y).float().mean() > 0.8  # the trained weights are in use
+    # the trained weights are in use (CIFAR-10 zoo models ran a shortened CPU schedule: lower bar)
+    assert (logits.argmax(1) == y).float().mean() > (0.8 if model.config["data"]["type"] == "mnist" else 0.3)
     # the attacks' input gradient, with the parametrized weights cached as attacks now do, vs the reference
     with parametrize.cached():
         grad, _, _ = input_gradient(model, x, y, "ce")
