@@ -38,7 +38,7 @@ def test_shipped_entry_loads_and_matches_its_card(name: str) -> None:
     assert card["weights_sha256"] == entry["sha256"]
     recorded, _ = recorded_clean_accuracy(card["metrics"])
     card_text = (folder / "README.md").read_text()
-    shown = {f"{100 * recorded:.2f}", f"{recorded:.4f}", f"{recorded:g}"}
+    shown = {f"{100 * recorded:.2f}", f"{100 * recorded:.4g}", f"{recorded:.4f}", f"{recorded:g}"}
     assert any(text in card_text for text in shown), "the model card shows the recorded accuracy"
 
     model = lz.create_model(name, pretrained=True).eval()
