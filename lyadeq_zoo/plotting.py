@@ -46,12 +46,7 @@ def robustness_curve(result: Mapping[str, Any], path: str | Path, title: str | N
         title or f"{result.get('model', {}).get('name', 'model')} ({result.get('suite', '')}, n={result['n']})"
     )
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def compare_worst_case(
@@ -74,9 +69,14 @@ def compare_worst_case(
     ax.grid(alpha=0.3)
     ax.set_title(title)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` (parent folders created) at 120 dpi and close it."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
