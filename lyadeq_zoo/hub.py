@@ -396,11 +396,15 @@ def model_card(info: Mapping[str, Any]) -> str:
     if meta.get("paper_table1"):
         lines += ["", f"The paper reports (Table 1, accuracy %): `{json.dumps(meta['paper_table1'])}`."]
     lines += ["", "## Training", ""]
+    init_from = (config.get("train") or {}).get("init_from") if isinstance(config.get("train"), Mapping) else None
+    if init_from:
+        lines += [f"**Fine-tuned: training started from the weights of `{init_from}`**, not from a random init.", ""]
     if info.get("epochs") is not None:
         paper_epochs = meta.get("paper_epochs")
         if paper_epochs and info["epochs"] < paper_epochs:
             lines.append(
-                f"**Shortened schedule: {info['epochs']} epochs run, the paper trains {paper_epochs}.** "
+                f"**Shortened schedule: {info['epochs']} epoch{'s' if info['epochs'] != 1 else ''} run, the paper "
+                f"trains {paper_epochs}.** "
                 "Numbers from this checkpoint are not comparable with the paper's as a reproduction."
             )
         else:

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 import lyadeq_zoo as lz
 from lyadeq_zoo.config import ConfigError
+from lyadeq_zoo.hub import CheckpointError
 from lyadeq_zoo.training import (
     CheckpointWarning,
     EpochBatchSampler,
@@ -208,3 +209,37 @@ def test_augment_is_deterministic_and_rank_independent() -> None:
         warnings.simplefilter("error")
         flipped = augment_batch(x, "flip", 5, 8, 0)
     assert all(torch.equal(f, o) or torch.equal(f, o.flip(2)) for f, o in zip(flipped, x, strict=True))
+
+
+def _same_parameters(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    return pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_init_from_starts_from_pretrained_weights(tmp_path: Path) -> None:
+    # lr 0: the run must end on exactly the starting weights (BatchNorm running stats still move).
+    config = tiny_config(epochs=1, limit_train=64, lr=0.0, init_from="lyadeq_mnist")
+    result = train(config, tmp_path / "zoo", progress=False)
+    pretrained = lz.create_model("lyadeq_mnist", pretrained=True)
+    assert _same_parameters(result.model, pretrained)
+    assert not _same_parameters(result.model, lz.create_model("lyadeq_mnist"))
+    assert "Fine-tuned: training started from the weights of `lyadeq_mnist`" in (
+        tmp_path / "zoo" / "final" / "README.md"
+    ).read_text()
+    # A save_pretrained folder (here the run's own OUT/final) works the same way.
+    folder = str(tmp_path / "zoo" / "final")
+    again = train(tiny_config(epochs=1, limit_train=64, lr=0.0, init_from=folder), tmp_path / "dir", progress=False)
+    assert _same_parameters(again.model, pretrained)
+
+
+def test_init_from_bad_source_fails_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"neither a file, a folder, nor a zoo name.*lyadeq_mnist"):
+        train(tiny_config(init_from="lyadeq_mnsit"), tmp_path / "typo", progress=False)
+    assert not (tmp_path / "typo").exists()
+    # Weights of another architecture: the error names a mismatched tensor.
+    mismatch = r"lyadeq_cifar10.*tensor 'backbone[.a-z0-9_]*' \(shape .*\) is unexpected"
+    with pytest.raises(CheckpointError, match=mismatch):
+        train(tiny_config(init_from="lyadeq_cifar10"), tmp_path / "arch", progress=False)
+    assert not (tmp_path / "arch").exists()
+    with pytest.raises(ConfigError, match="train.init_from must be"):
+        TrainConfig.from_dict({"init_from": 3})

@@ -70,6 +70,9 @@ class TrainConfig:
     limit_train: int | None = None  # first N training images (tiny runs)
     limit_test: int | None = None  # first N test images for per-epoch and final evaluation
     final_eval: Any = "paper"  # attack suite for lz.evaluate at the end: a suite name, a file, or None
+    # Starting weights (fine-tuning): a zoo name with pretrained weights, a save_pretrained folder or a
+    # .safetensors file, loaded strictly before the first step. A resumed run takes its checkpoint's.
+    init_from: str | None = None
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -123,6 +126,11 @@ class TrainConfig:
         for name in ("amp", "channels_last", "data_on_device", "sync_bn", "find_unused_parameters"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
+            raise ConfigError(
+                "train.init_from must be a zoo name with pretrained weights, a save_pretrained folder or a "
+                f".safetensors file, or null; got {self.init_from!r}"
+            )
         validate_component("objective", self.objective, ("train", "objective"))
 
     def to_dict(self) -> dict[str, Any]:

@@ -393,7 +393,10 @@ def _train(
     total_steps = cfg.epochs * steps_per_epoch
 
     _seed_all(cfg.seed)
-    model = build_model(config).to(ctx.device)
+    model = build_model(config)
+    if cfg.init_from is not None and not resume:
+        load_initial_weights(model, cfg.init_from)
+    model = model.to(ctx.device)
     if cfg.channels_last and use_cuda:
         model = model.to(memory_format=torch.channels_last)
     objective = build_component("objective", cfg.objective)
@@ -591,6 +594,26 @@ def _train(
 
 
 # -- the end of a run --------------------------------------------------------------------------------
+def load_initial_weights(model: nn.Module, source: str) -> nn.Module:
+    """Load ``train.init_from`` into ``model`` strictly: a zoo name with pretrained weights, a folder
+    holding ``model.safetensors`` (a save_pretrained or ``OUT/final`` folder) or a ``.safetensors`` file."""
+    from ..hub import WEIGHTS_NAME, has_pretrained, load_pretrained_weights, load_weights
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return load_weights(model, path / WEIGHTS_NAME, source=f"train.init_from {source!r}")
+    if path.is_file():
+        return load_weights(model, path, source=f"train.init_from {source!r}")
+    if has_pretrained(source):
+        return load_pretrained_weights(model, source)
+    from ..hub import read_registry
+
+    raise ConfigError(
+        f"train.init_from {source!r} is neither a file, a folder, nor a zoo name with pretrained weights "
+        f"(with weights: {', '.join(sorted(read_registry())) or 'none'})"
+    )
+
+
 def _last_epoch(history: list[Mapping[str, Any]]) -> dict[str, Any]:
     epochs = [r for r in history if r.get("kind") == "epoch"]
     return dict(epochs[-1]) if epochs else {}
