@@ -412,6 +412,10 @@ def training_table(models: Sequence[ModelEntry]) -> list[str]:
             schedule = f"**shortened** (CPU budget): {epochs} of {paper_epochs} epochs"
         else:
             schedule = "the paper's"
+        train_section = (card.get("config") or {}).get("train") or {}
+        init_from = train_section.get("init_from") if isinstance(train_section, Mapping) else None
+        if m.shipped and init_from:
+            schedule += f"; **fine-tuned** from `{init_from}`, not trained from scratch"
         metrics = card.get("metrics") or {}
         train_metrics = metrics.get("training", metrics) if isinstance(metrics, Mapping) else {}
         train_clean = train_metrics.get("clean_accuracy") if isinstance(train_metrics, Mapping) else None
