@@ -140,6 +140,12 @@ def test_nothing_evaluated_and_unreadable_files(tmp_path: Path) -> None:
     assert "deq_orth_mnist_paper.json`: not an lz.evaluate result" in page
     assert not figures.exists()  # no numbers, no figure
     assert "No model of this data set has been evaluated" in page
+    # Training facts come from the shipped cards even without results: schedule, fine-tuning.
+    pgdat = _row(page, "| `lyadeq_pgdat_cifar10` | yes |")
+    card = json.loads((hub.REGISTRY_PATH.parent / "pretrained" / "lyadeq_pgdat_cifar10" / "config.json").read_text())
+    assert f"| {card['epochs']} | 50 |" in pgdat
+    assert f"**fine-tuned** from `{card['config']['train']['init_from']}`" in pgdat
+    assert "fine-tuned" not in _row(page, "| `lyadeq_cifar10` | yes |")
 
 
 def _copy_shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> tuple[Path, Path]:
