@@ -75,27 +75,26 @@ class IFT:
         fz = f(z_in)
         if not fz.requires_grad:  # nothing upstream needs a gradient
             return z_star, info
-        inside = False
+        # The hook sits on an alias of fz, not on fz itself: a hook on fz that refers to fz makes a reference
+        # cycle through the autograd graph (tensor -> grad_fn -> hook -> tensor) that only Python's cyclic
+        # GC can free, so every forward with grad enabled (each attack step) kept its graph alive for a while.
+        # The alias's node points to fz's; nothing in fz's graph points back to the alias or to the hook.
+        fz_alias = fz.view_as(fz)
 
         def hook(grad: torch.Tensor) -> torch.Tensor:
-            nonlocal inside
-            if inside or grad is None:  # the VJPs below start at fz: leave their grads alone
+            if grad is None:
                 return grad
 
             def adjoint_map(u: torch.Tensor) -> torch.Tensor:
                 (vjp,) = torch.autograd.grad(fz, z_in, u, retain_graph=True)
                 return vjp + grad
 
-            inside = True
-            try:
-                u, adj_info = self._solver(adjoint_map, torch.zeros_like(grad), **self._options)
-            finally:
-                inside = False
+            u, adj_info = self._solver(adjoint_map, torch.zeros_like(grad), **self._options)
             self.last_backward_info = adj_info
             return u.detach()
 
-        fz.register_hook(hook)
-        return _attach(z_star, fz), info
+        fz_alias.register_hook(hook)
+        return _attach(z_star, fz_alias), info
 
     def __repr__(self) -> str:
         return f"IFT(solver={self.solver_spec!r})"
