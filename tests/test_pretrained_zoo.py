@@ -19,7 +19,9 @@ SHIPPED = lz.list_models(pretrained=True)
 
 def test_the_zoo_ships_weights() -> None:
     # Guards the parametrised test below against passing vacuously.
-    assert {"deq_mnist", "deq_orth_mnist", "lyadeq_no_orth_mnist", "lyadeq_mnist"} <= set(SHIPPED)
+    variants = ("deq", "deq_orth", "lyadeq_no_orth", "lyadeq")
+    table1 = {f"{v}_{data}" for v in variants for data in ("mnist", "cifar10")}
+    assert table1 | {"lyadeq_trades_cifar10", "lyadeq_pgdat_cifar10"} <= set(SHIPPED)
 
 
 def recorded_clean_accuracy(metrics: dict) -> tuple[float, int | None]:
