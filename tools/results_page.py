@@ -488,7 +488,11 @@ def differences(models: Sequence[ModelEntry]) -> list[str]:
         card = m.card or {}
         paper_epochs = m.meta.get("paper_epochs")
         if card.get("epochs") is not None and paper_epochs is not None and int(card["epochs"]) < int(paper_epochs):
-            facts.append(f"trained {card['epochs']} epochs instead of the paper's {m.meta['paper_epochs']}")
+            text = f"trained {card['epochs']} epochs instead of the paper's {m.meta['paper_epochs']}"
+            train_section = (card.get("config") or {}).get("train") or {}
+            if isinstance(train_section, Mapping) and train_section.get("init_from"):
+                text += f", fine-tuned from `{train_section['init_from']}` (the paper trains from scratch)"
+            facts.append(text)
         if baseline is not None and m is not baseline:
             base_paper, base_ours = baseline.paper_row, baseline.results.get("paper")
             gain = []
