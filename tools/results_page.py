@@ -394,6 +394,12 @@ def checks_table(models: Sequence[ModelEntry]) -> list[str]:
     return lines
 
 
+def fine_tuned_from(card: Mapping[str, Any]) -> str | None:
+    """``train.init_from`` of a shipped ``config.json`` (the weights training started from), else None."""
+    train_section = (card.get("config") or {}).get("train")
+    return train_section.get("init_from") if isinstance(train_section, Mapping) else None
+
+
 def training_table(models: Sequence[ModelEntry]) -> list[str]:
     """Epochs run vs the paper's, schedule, clean accuracy at the end of training, weights evaluated."""
     lines = [
@@ -412,8 +418,7 @@ def training_table(models: Sequence[ModelEntry]) -> list[str]:
             schedule = f"**shortened** (CPU budget): {epochs} of {paper_epochs} epochs"
         else:
             schedule = "the paper's"
-        train_section = (card.get("config") or {}).get("train") or {}
-        init_from = train_section.get("init_from") if isinstance(train_section, Mapping) else None
+        init_from = fine_tuned_from(card)
         if m.shipped and init_from:
             schedule += f"; **fine-tuned** from `{init_from}`, not trained from scratch"
         metrics = card.get("metrics") or {}
@@ -489,9 +494,8 @@ def differences(models: Sequence[ModelEntry]) -> list[str]:
         paper_epochs = m.meta.get("paper_epochs")
         if card.get("epochs") is not None and paper_epochs is not None and int(card["epochs"]) < int(paper_epochs):
             text = f"trained {card['epochs']} epochs instead of the paper's {m.meta['paper_epochs']}"
-            train_section = (card.get("config") or {}).get("train") or {}
-            if isinstance(train_section, Mapping) and train_section.get("init_from"):
-                text += f", fine-tuned from `{train_section['init_from']}` (the paper trains from scratch)"
+            if fine_tuned_from(card):
+                text += f", fine-tuned from `{fine_tuned_from(card)}` (the paper trains from scratch)"
             facts.append(text)
         if baseline is not None and m is not baseline:
             base_paper, base_ours = baseline.paper_row, baseline.results.get("paper")
