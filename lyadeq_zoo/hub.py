@@ -327,7 +327,7 @@ def model_card(info: Mapping[str, Any]) -> str:
                 dataset_split="test",
                 metric_type="accuracy" if _is_accuracy(key) else key,
                 metric_name=key,
-                metric_value=value,
+                metric_value=round(value, 4),  # no float noise such as 0.9199999999999999 in the card
             )
             for key, value in metrics.items()
         ]
