@@ -308,6 +308,12 @@ def _is_accuracy(key: str) -> bool:
     return any(word in lowered for word in ("acc", "clean", "pgd", "fgsm", "attack", "robust", "worst"))
 
 
+def fine_tuned_from(config: Mapping[str, Any]) -> str | None:
+    """``train.init_from`` of a resolved config (the weights its training started from), else None."""
+    train_section = config.get("train")
+    return train_section.get("init_from") if isinstance(train_section, Mapping) else None
+
+
 def model_card(info: Mapping[str, Any]) -> str:
     """The README.md model card of a checkpoint whose ``config.json`` content is ``info``."""
     from huggingface_hub import EvalResult, ModelCardData
@@ -396,7 +402,7 @@ def model_card(info: Mapping[str, Any]) -> str:
     if meta.get("paper_table1"):
         lines += ["", f"The paper reports (Table 1, accuracy %): `{json.dumps(meta['paper_table1'])}`."]
     lines += ["", "## Training", ""]
-    init_from = (config.get("train") or {}).get("init_from") if isinstance(config.get("train"), Mapping) else None
+    init_from = fine_tuned_from(config)
     if init_from:
         lines += [f"**Fine-tuned: training started from the weights of `{init_from}`**, not from a random init.", ""]
     if info.get("epochs") is not None:

@@ -394,14 +394,10 @@ def checks_table(models: Sequence[ModelEntry]) -> list[str]:
     return lines
 
 
-def fine_tuned_from(card: Mapping[str, Any]) -> str | None:
-    """``train.init_from`` of a shipped ``config.json`` (the weights training started from), else None."""
-    train_section = (card.get("config") or {}).get("train")
-    return train_section.get("init_from") if isinstance(train_section, Mapping) else None
-
-
 def training_table(models: Sequence[ModelEntry]) -> list[str]:
     """Epochs run vs the paper's, schedule, clean accuracy at the end of training, weights evaluated."""
+    from lyadeq_zoo.hub import fine_tuned_from
+
     lines = [
         "| model | shipped | epochs run | paper epochs | schedule | clean acc. after training | weights evaluated |",
         "|---|---|---|---|---|---|---|",
@@ -418,7 +414,7 @@ def training_table(models: Sequence[ModelEntry]) -> list[str]:
             schedule = f"**shortened** (CPU budget): {epochs} of {paper_epochs} epochs"
         else:
             schedule = "the paper's"
-        init_from = fine_tuned_from(card)
+        init_from = fine_tuned_from(card.get("config") or {})
         if m.shipped and init_from:
             schedule += f"; **fine-tuned** from `{init_from}`, not trained from scratch"
         metrics = card.get("metrics") or {}
@@ -436,6 +432,8 @@ def training_table(models: Sequence[ModelEntry]) -> list[str]:
 
 def differences(models: Sequence[ModelEntry]) -> list[str]:
     """Generated statements where our numbers and the paper's disagree (each with both numbers)."""
+    from lyadeq_zoo.hub import fine_tuned_from
+
     out: list[str] = []
     baseline = next((m for m in models if m.variant == "deq"), None)
     for m in models:
@@ -494,8 +492,9 @@ def differences(models: Sequence[ModelEntry]) -> list[str]:
         paper_epochs = m.meta.get("paper_epochs")
         if card.get("epochs") is not None and paper_epochs is not None and int(card["epochs"]) < int(paper_epochs):
             text = f"trained {card['epochs']} epochs instead of the paper's {m.meta['paper_epochs']}"
-            if fine_tuned_from(card):
-                text += f", fine-tuned from `{fine_tuned_from(card)}` (the paper trains from scratch)"
+            init_from = fine_tuned_from(card.get("config") or {})
+            if init_from:
+                text += f", fine-tuned from `{init_from}` (the paper trains from scratch)"
             facts.append(text)
         if baseline is not None and m is not baseline:
             base_paper, base_ours = baseline.paper_row, baseline.results.get("paper")

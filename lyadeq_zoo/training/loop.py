@@ -597,7 +597,7 @@ def _train(
 def load_initial_weights(model: nn.Module, source: str) -> nn.Module:
     """Load ``train.init_from`` into ``model`` strictly: a zoo name with pretrained weights, a folder
     holding ``model.safetensors`` (a save_pretrained or ``OUT/final`` folder) or a ``.safetensors`` file."""
-    from ..hub import WEIGHTS_NAME, has_pretrained, load_pretrained_weights, load_weights
+    from ..hub import WEIGHTS_NAME, has_pretrained, load_pretrained_weights, load_weights, read_registry
 
     path = Path(source).expanduser()
     if path.is_dir():
@@ -606,8 +606,6 @@ def load_initial_weights(model: nn.Module, source: str) -> nn.Module:
         return load_weights(model, path, source=f"train.init_from {source!r}")
     if has_pretrained(source):
         return load_pretrained_weights(model, source)
-    from ..hub import read_registry
-
     raise ConfigError(
         f"train.init_from {source!r} is neither a file, a folder, nor a zoo name with pretrained weights "
         f"(with weights: {', '.join(sorted(read_registry())) or 'none'})"
