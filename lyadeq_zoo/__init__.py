@@ -7,15 +7,23 @@
 """
 
 from .attacks import create_attack
-from .config import ConfigError, load_config, merge_configs, register_section
+from .config import load_config, merge_configs, register_section
+from .errors import (
+    AttackNotApplicable,
+    CheckpointError,
+    ChecksumError,
+    ConfigError,
+    DataFormatError,
+    LyadeqZooError,
+    PluginLoadError,
+    UnknownComponentError,
+)
 from .evaluation import evaluate
 from .factory import build_model, configs_dir, create_model, list_models, register_zoo_configs, zoo_config
 from .hub import push_to_hub, save_pretrained
 from .registry import (
     KINDS,
-    PluginLoadError,
     Registry,
-    UnknownComponentError,
     build_component,
     get_component,
     list_components,
@@ -44,7 +52,12 @@ from . import timm_interop  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "KINDS",
+    "AttackNotApplicable",
+    "CheckpointError",
+    "ChecksumError",
     "ConfigError",
+    "DataFormatError",
+    "LyadeqZooError",
     "PluginLoadError",
     "Registry",
     "UnknownComponentError",

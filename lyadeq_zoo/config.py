@@ -26,7 +26,8 @@ from typing import Any
 
 import yaml
 
-from .registry import KINDS, UnknownComponentError, closest_match, get_component
+from .errors import ConfigError, UnknownComponentError, closest_match
+from .registry import KINDS, get_component
 
 BASE_KEY = "_base_"
 FREE_SECTIONS = {"meta"}
@@ -36,10 +37,6 @@ SUPPLIED_ATTRIBUTE = "__lyadeq_zoo_supplied__"  # constructor args the parent pa
 NESTED_ATTRIBUTE = "__lyadeq_zoo_nested__"  # extra {key: kind} for nested specs not named after a kind
 
 Path_t = tuple[str, ...]
-
-
-class ConfigError(ValueError):
-    """A config that cannot be loaded or does not validate; the message names key, file and fix."""
 
 
 class _Loader(yaml.SafeLoader):

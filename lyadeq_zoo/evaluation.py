@@ -44,7 +44,8 @@ from .attacks.base import (
     parse_eps,
 )
 from .config import ConfigError, accepted_keys, parse_yaml
-from .registry import UnknownComponentError, closest_match, get_component
+from .errors import UnknownComponentError, closest_match
+from .registry import get_component
 
 RESULT_FORMAT = "lyadeq-zoo-eval/1"
 SUITE_KEYS = ("name", "description", "attacks", "checks", "large_eps")

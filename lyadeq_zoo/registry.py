@@ -13,13 +13,14 @@ with a warning, and asking for it by name raises :class:`PluginLoadError` chaine
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
+
+from .errors import PluginLoadError, UnknownComponentError, unknown_name_message
 
 KINDS: tuple[str, ...] = (
     "backbone",
@@ -42,44 +43,12 @@ ENTRY_POINT_GROUPS: dict[str, str] = {
 OVERRIDE_ATTRIBUTE = "__lyadeq_zoo_override__"
 
 
-class UnknownComponentError(KeyError):
-    """A name (or kind) that is not registered. The message lists what is, and the closest match."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; we want it readable.
-        return str(self.args[0])
-
-
-class PluginLoadError(ImportError):
-    """A plugin's entry point could not be loaded; ``__cause__`` holds the original exception."""
-
-
 @dataclass(frozen=True)
 class _BrokenPlugin:
     name: str
     value: str
     distribution: str
     error: BaseException
-
-
-def closest_match(name: str, candidates: list[str]) -> str | None:
-    """The most similar candidate to ``name`` (difflib ratio >= 0.5), or None."""
-    found = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
-    if found:
-        return found[0]
-    lowered = name.lower()
-    for candidate in candidates:  # substring match catches e.g. "anders" -> "anderson"
-        if lowered in candidate.lower() or candidate.lower() in lowered:
-            return candidate
-    return None
-
-
-def _unknown_message(what: str, name: str, known: list[str]) -> str:
-    hint = closest_match(name, known)
-    listing = ", ".join(known) if known else "(none registered)"
-    msg = f"unknown {what} {name!r}. Registered: {listing}."
-    if hint is not None:
-        msg += f" Did you mean {hint!r}?"
-    return msg
 
 
 class Registry:
@@ -162,7 +131,7 @@ class Registry:
                 f"{broken.distribution!r}, which failed to load: "
                 f"{type(broken.error).__name__}: {broken.error}"
             ) from broken.error
-        raise UnknownComponentError(_unknown_message(self.kind, name, sorted(self._entries)))
+        raise UnknownComponentError(unknown_name_message(self.kind, name, sorted(self._entries)))
 
     def names(self, pattern: str = "*") -> list[str]:
         """Sorted registered names matching the fnmatch ``pattern``."""
@@ -196,7 +165,7 @@ def registry(kind: str) -> Registry:
     try:
         return REGISTRIES[kind]
     except KeyError:
-        raise UnknownComponentError(_unknown_message("component kind", kind, list(KINDS))) from None
+        raise UnknownComponentError(unknown_name_message("component kind", kind, list(KINDS))) from None
 
 
 def register(kind: str, name: str | None = None, *, override: bool = False) -> Callable[[Any], Any]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import lyadeq_zoo as lz
-from lyadeq_zoo.registry import Registry, UnknownComponentError, closest_match
+from lyadeq_zoo.errors import UnknownComponentError, closest_match
+from lyadeq_zoo.registry import Registry
 
 
 def fresh_registry() -> Registry:

@@ -31,14 +31,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..config import parse_number
+from ..errors import AttackNotApplicable
 from ..registry import get_component
 
 LOSSES = ("ce", "cw", "dlr")
 GRAD_MODE_SHORTHANDS = ("ift", "unroll", "phantom")
-
-
-class AttackNotApplicable(ValueError):
-    """The attack cannot run on this model (e.g. ``grad_mode`` on a model without DEQ layers)."""
 
 
 def create_attack(name: str, **options: Any) -> Attack:

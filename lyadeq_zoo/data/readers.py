@@ -18,12 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataFormatError
+
 # IDX type byte -> numpy dtype (big-endian where it matters). MNIST only uses 0x08.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-class DataFormatError(ValueError):
-    """A data file whose content is not what its name promises (bad header, wrong shape, bad labels)."""
 
 
 def read_idx(path: str | Path) -> np.ndarray:

@@ -1,0 +1,82 @@
+"""The library's exceptions: one hierarchy under :class:`LyadeqZooError`, and the one "unknown name" message.
+
+Each class also derives from the built-in exception that callers caught before the hierarchy existed
+(``KeyError`` for an unknown name, ``ValueError`` for a bad config or file, ...), so ``except ValueError``
+keeps working.
+
+================================ ===========================================================================
+class                            raised when
+================================ ===========================================================================
+``ConfigError``                  a config value, key or file is wrong (the message names the key path)
+``UnknownComponentError``        a component, kind, suite or option name is not registered
+``PluginLoadError``              a plugin's entry point fails to import (``__cause__`` is the original error)
+``CheckpointError``              a checkpoint / pretrained folder is missing, corrupt or of another model
+``ChecksumError``                a weights file's sha256 differs from the pretrained index
+``DataFormatError``              a data file is not what its reader expects
+``AttackNotApplicable``          an attack cannot run on this model (e.g. no DEQ layer to unroll)
+================================ ===========================================================================
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class LyadeqZooError(Exception):
+    """Base class of every error the library raises on purpose."""
+
+
+class ConfigError(LyadeqZooError, ValueError):
+    """A config (file, override or dict) is invalid; the message names the key path and where it came from."""
+
+
+class UnknownComponentError(LyadeqZooError, KeyError):
+    """A name (or kind) that is not registered. The message lists what is, and the closest match."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it readable.
+        return str(self.args[0])
+
+
+class PluginLoadError(LyadeqZooError, ImportError):
+    """A plugin's entry point could not be loaded; ``__cause__`` holds the original exception."""
+
+
+class CheckpointError(LyadeqZooError, ValueError, RuntimeError):
+    """A checkpoint or pretrained folder is missing, unreadable, corrupt, or holds another model's weights."""
+
+
+class ChecksumError(CheckpointError):
+    """A downloaded or shipped weights file does not have the sha256 its pretrained-index entry records."""
+
+
+class DataFormatError(LyadeqZooError, ValueError):
+    """A data file (IDX, ``.npy.xz``, sample manifest) does not have the expected format or content."""
+
+
+class AttackNotApplicable(LyadeqZooError, ValueError):
+    """The attack cannot be run on this model as configured (the message says why)."""
+
+
+def closest_match(name: str, candidates: Iterable[str]) -> str | None:
+    """The most similar candidate to ``name`` (difflib ratio >= 0.5, else a substring match), or None."""
+    candidates = list(candidates)
+    found = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
+    if found:
+        return found[0]
+    lowered = name.lower()
+    for candidate in candidates:  # substring match catches e.g. "anders" -> "anderson"
+        if lowered in candidate.lower() or candidate.lower() in lowered:
+            return candidate
+    return None
+
+
+def unknown_name_message(what: str, name: str, known: Iterable[str], *, listing_label: str = "Registered") -> str:
+    """``unknown {what} {name!r}. Registered: a, b, c. Did you mean 'b'?`` (the closest match, if any)."""
+    known = list(known)
+    listing = ", ".join(known) if known else "(none registered)"
+    message = f"unknown {what} {name!r}. {listing_label}: {listing}."
+    hint = closest_match(str(name), known)
+    if hint is not None:
+        message += f" Did you mean {hint!r}?"
+    return message
