@@ -20,7 +20,8 @@ from .errors import (
 )
 from .evaluation import evaluate
 from .factory import build_model, configs_dir, create_model, list_models, register_zoo_configs, zoo_config
-from .hub import push_to_hub, save_pretrained
+from .hub import save_pretrained
+from .publishing import push_to_hub
 from .registry import (
     KINDS,
     Registry,

@@ -4,6 +4,9 @@ Zoo names follow ``{variant}_{dataset}`` and come from the YAML files ``configs/
 (files whose name starts with ``_`` are shared bases, not zoo entries). Each becomes a factory function
 in the ``model`` registry, like timm's ``@register_model`` functions. Architectures that configs name
 with ``model.type`` are classes in the same registry; :func:`list_models` lists only the factories.
+
+Checkpoints (``hf-hub:`` / ``local-dir:`` names) and pretrained weights come from :mod:`lyadeq_zoo.hub`,
+which hands back configs and verified files; the models are built here.
 """
 
 from __future__ import annotations
@@ -17,7 +20,17 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, load_config, merge_configs, parse_yaml, validate_config
+from .config import load_config, merge_configs, parse_yaml, validate_config
+from .errors import CheckpointError, ConfigError
+from .hub import (
+    CONFIG_NAME,
+    checkpoint_files,
+    has_pretrained,
+    is_checkpoint_name,
+    load_checkpoint_weights,
+    load_pretrained_weights,
+    read_checkpoint_config,
+)
 from .registry import build_component, get_component, list_components, register
 
 NON_ZOO_CONFIG_DIRS = {"eval"}
@@ -73,10 +86,8 @@ def create_model(name: str, pretrained: bool = False, **overrides: Any) -> torch
     ``overrides`` deep-merge into the config's ``model`` section, e.g.
     ``create_model("lyadeq_mnist", solver={"max_iter": 50})``.
     """
-    if name.startswith(("hf-hub:", "local-dir:")):
-        from . import hub
-
-        return hub.load_model(name, **overrides)
+    if is_checkpoint_name(name):
+        return model_from_checkpoint(name, **overrides)
     entry = get_component("model", name)
     if inspect.isclass(entry):
         raise ConfigError(
@@ -86,13 +97,31 @@ def create_model(name: str, pretrained: bool = False, **overrides: Any) -> torch
     return entry(pretrained=pretrained, **overrides)
 
 
+def model_from_checkpoint(name: str, **overrides: Any) -> torch.nn.Module:
+    """The model of checkpoint ``local-dir:PATH`` or ``hf-hub:org/repo[@revision]`` (a save_pretrained folder).
+
+    ``overrides`` deep-merge into the checkpoint config's ``model`` section (e.g. solver options); the
+    weights are then loaded strictly and checked against the sha256 config.json records. Returns the
+    model in eval mode.
+    """
+    config_path, weights_path = checkpoint_files(name)
+    info = read_checkpoint_config(config_path, source=f"{name}: {CONFIG_NAME}")
+    config = info["config"]
+    if overrides:
+        config = dict(config, model=merge_configs(config["model"], dict(overrides)))
+    try:
+        model = build_model(config)
+    except ConfigError as err:
+        raise CheckpointError(f"{name}: {CONFIG_NAME} does not build a model with this lyadeq-zoo: {err}") from err
+    load_checkpoint_weights(model, weights_path, info, label=name)
+    return model.eval()
+
+
 def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
     """Zoo model names matching ``pattern``; with ``pretrained=True`` only those with weights."""
     names = [n for n in list_components("model", pattern) if not inspect.isclass(get_component("model", n))]
     if pretrained:
-        from . import hub
-
-        names = [n for n in names if hub.has_pretrained(n)]
+        names = [n for n in names if has_pretrained(n)]
     return names
 
 
@@ -100,9 +129,7 @@ def _zoo_entry(name: str, path: Path) -> Callable[..., torch.nn.Module]:
     def entry(pretrained: bool = False, **overrides: Any) -> torch.nn.Module:
         model = build_model(zoo_config(name, overrides))
         if pretrained:
-            from . import hub
-
-            hub.load_pretrained_weights(model, name)
+            load_pretrained_weights(model, name)
         return model
 
     # Only the file's own `meta` is read here: full loading validates against the registries,

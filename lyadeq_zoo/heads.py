@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrizations
@@ -52,7 +54,11 @@ class OrthogonalHead(nn.Module):
     __lyadeq_zoo_supplied__ = SUPPLIED
 
     def __init__(
-        self, in_features: int, num_classes: int, bias: bool = True, orthogonal_map: str | None = None
+        self,
+        in_features: int,
+        num_classes: int,
+        bias: bool = True,
+        orthogonal_map: Literal["matrix_exp", "cayley", "householder"] | None = None,
     ):
         super().__init__()
         if orthogonal_map not in (None, "matrix_exp", "cayley", "householder"):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +95,7 @@ class ICNNLyapunov(nn.Module):
         d: float = 0.1,
         eps: float = 1e-3,
         c: float = 0.9,
-        grad_method: str = "analytic",
+        grad_method: Literal["analytic", "autograd"] = "analytic",
     ):
         super().__init__()
         if grad_method not in GRAD_METHODS:

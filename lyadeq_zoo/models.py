@@ -8,7 +8,7 @@ Zoo entries (``lyadeq_mnist`` ...) are configs naming ``model.type: deq_classifi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -70,7 +70,7 @@ class DEQClassifier(nn.Module):
         backward: dict[str, Any],
         head: dict[str, Any],
         lyapunov: dict[str, Any] | None = None,
-        head_input: str = "corrected",
+        head_input: Literal["corrected", "projected", "state"] = "corrected",
         mean: float | Sequence[float] | None = None,
         std: float | Sequence[float] | None = None,
     ):

@@ -16,17 +16,22 @@ way every module's own ``training`` flag is restored afterwards. Gradients are t
 input only (``torch.autograd.grad``), so parameter ``.grad`` fields are never touched by the attack;
 under DistributedDataParallel the attack runs on the wrapped ``module`` so no gradient sync happens.
 A DEQ model gives the attack a real input gradient in eval mode too (see docs/ARCHITECTURE.md).
+
+The inner maximisation is the attacks' own loop (:func:`lyadeq_zoo.attacks.sign_gradient.sign_gradient_ascent`,
+projected by :func:`lyadeq_zoo.attacks.threat_model.project`); only the loss and the start are the objective's.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attacks.sign_gradient import sign_gradient_ascent
+from .attacks.threat_model import project
 from .registry import register
 
 ATTACK_MODES = ("eval", "train")
@@ -59,9 +64,23 @@ def _check_common(eps: float, step_size: float, steps: int, attack_mode: str) ->
         raise ValueError(f"attack_mode must be one of {ATTACK_MODES}, got {attack_mode!r}")
 
 
-def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Clip into the l_inf ball of radius ``eps`` around ``x`` and into [0, 1]."""
-    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+def _gradient_of(
+    net: nn.Module, loss_of_logits: Callable[[torch.Tensor], torch.Tensor]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> d loss_of_logits(net(x)) / dx`` (detached, shape of ``x``), for :func:`sign_gradient_ascent`.
+
+    Not ``attacks.gradients.input_gradient``: that one sums a per-sample loss and zeroes NaN gradients,
+    while the objectives maximise the batch-mean CE (PGD-AT) or the summed KL (TRADES) exactly as the
+    shipped adversarially trained models were trained; a different reduction can flip the sign of
+    near-zero gradient entries and so change the adversarial examples.
+    """
+
+    def gradient_at(x_now: torch.Tensor) -> torch.Tensor:
+        x_now = x_now.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_of_logits(net(x_now).float()), x_now)
+        return grad
+
+    return gradient_at
 
 
 @register("objective", "ce")
@@ -108,18 +127,16 @@ class TRADES:
 
     def perturb(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The adversarial example ``x'`` for inputs ``x`` (detached, in the eps-ball and in [0, 1])."""
-        net = unwrap(model)
+        net, x = unwrap(model), x.detach()
         with module_mode(net, self.attack_mode == "train"), torch.enable_grad():
             with torch.no_grad():
                 target = F.softmax(net(x).float(), dim=1)
-            x_adv = _project(x + self.init_std * torch.randn_like(x), x, self.eps).detach()
-            for _ in range(self.steps):
-                x_adv.requires_grad_(True)
-                log_p_adv = F.log_softmax(net(x_adv).float(), dim=1)
-                loss = F.kl_div(log_p_adv, target, reduction="sum")
-                (grad,) = torch.autograd.grad(loss, x_adv)
-                x_adv = _project(x_adv.detach() + self.step_size * grad.sign(), x, self.eps).detach()
-        return x_adv
+            kl_gradient = _gradient_of(
+                net, lambda logits: F.kl_div(F.log_softmax(logits, dim=1), target, reduction="sum")
+            )
+            # TRADES' own start: a small Gaussian around x (not uniform in the eps-ball).
+            start = project(x + self.init_std * torch.randn_like(x), x, self.eps)
+            return sign_gradient_ascent(kl_gradient, x, start, self.eps, self.step_size, self.steps)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x_adv = self.perturb(model, x)
@@ -162,17 +179,16 @@ class PGDAT:
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The PGD example for ``(x, y)`` (detached, in the eps-ball and in [0, 1])."""
-        net = unwrap(model)
-        x_adv = x.detach().clone()
+        net, x = unwrap(model), x.detach()
+        start = x.clone()
         if self.random_start:
-            x_adv = _project(x_adv + torch.empty_like(x).uniform_(-self.eps, self.eps), x, self.eps)
+            # Noise uniform in [-eps, eps] from the global RNG (seeded per rank by the training loop), drawn in
+            # x's memory layout. Not threat_model.uniform_start: that draws in logical (contiguous) order, which
+            # gives other numbers for a channels_last batch (train.channels_last).
+            start = project(x + torch.empty_like(x).uniform_(-self.eps, self.eps), x, self.eps)
+        ce_gradient = _gradient_of(net, lambda logits: F.cross_entropy(logits, y))
         with module_mode(net, self.attack_mode == "train"), torch.enable_grad():
-            for _ in range(self.steps):
-                x_adv.requires_grad_(True)
-                loss = F.cross_entropy(net(x_adv).float(), y)
-                (grad,) = torch.autograd.grad(loss, x_adv)
-                x_adv = _project(x_adv.detach() + self.step_size * grad.sign(), x, self.eps).detach()
-        return x_adv
+            return sign_gradient_ascent(ce_gradient, x, start, self.eps, self.step_size, self.steps)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits_adv = model(self.perturb(model, x, y))

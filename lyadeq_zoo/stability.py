@@ -5,19 +5,34 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .deq.layer import DEQLayer
+
+# Solver diagnostics read from the model's DEQ layer when the model's own last_info does not carry them.
+SOLVER_KEYS = ("converged", "abs_residual", "n_f_evals")
+
 
 def stability_report(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Run ``model`` on images ``x`` ``(N, C, H, W)`` in [0, 1] and return per-sample ``(N,)`` tensors.
 
-    Keys: ``nstep`` (solver iterations, int64), ``rel_residual`` (``||f(z*) - z*|| / (||f(z*)|| + 1e-8)`` at the
-    returned z*); for Lyapunov models also ``lyapunov_value`` V(z*) and ``lyapunov_decrease``
-    ``∇V(z*)ᵀF̂(z*) + c·V(z*)`` (<= 0 certifies the decrease condition at z*).
+    Keys, all measured at the returned equilibrium z* (the whole batch as returned, so they hold in train
+    mode too, where BatchNorm couples the samples):
+
+    * ``nstep`` (int64): the index of the returned iterate, counted in ``f`` evaluations (1 is the start
+      ``z0``): where the solver found z*, not the iterations it spent (that is ``n_f_evals``).
+    * ``rel_residual``: ``||f(z*) - z*|| / (||f(z*)|| + 1e-8)``; ``abs_residual``: ``||f(z*) - z*||``
+      (norms over the state of one sample).
+    * ``converged`` (bool): ``rel_residual <= tol`` of the forward solver.
+    * ``n_f_evals`` (int64): the (batched) ``f`` evaluations the solve made, the same for every sample
+      (every sample is evaluated at each of them).
+    * for Lyapunov models also ``lyapunov_value`` V(z*) and ``lyapunov_decrease`` ``∇V(z*)ᵀF̂(z*) + c·V(z*)``
+      (<= 0 certifies the decrease condition at z*).
 
     The forward pass runs under ``torch.no_grad()``; the Lyapunov module computes ∇V in closed form (with
     autograd locally only for ``grad_method: autograd``).
     The model is used in its current mode (call ``model.eval()`` first for the deployed map: in train mode a
     BatchNorm model would also update its running statistics once). Works for any model that stores its last
-    forward's diagnostics in ``model.last_info`` (as :class:`lyadeq_zoo.models.DEQClassifier` does).
+    forward's diagnostics in ``model.last_info`` (as :class:`lyadeq_zoo.models.DEQClassifier` does); the keys
+    of :data:`SOLVER_KEYS` missing there are taken from the model's DEQ layer when it has exactly one.
     """
     if not hasattr(model, "last_info"):
         raise TypeError(
@@ -30,4 +45,11 @@ def stability_report(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tenso
     missing = [k for k in ("nstep", "rel_residual") if k not in info]
     if missing:
         raise RuntimeError(f"{type(model).__name__}.last_info lacks {missing} after a forward pass")
+    layers = [module for module in model.modules() if isinstance(module, DEQLayer)]
+    if len(layers) == 1 and layers[0].last_info is not None:
+        layer_info = layers[0].last_info
+        info.update({k: layer_info[k] for k in SOLVER_KEYS if k in layer_info and k not in info})
+    n = info["nstep"].shape[0]
+    if "n_f_evals" in info and info["n_f_evals"].dim() == 0:
+        info["n_f_evals"] = info["n_f_evals"].expand(n)
     return {k: v.detach().clone() for k, v in info.items()}

@@ -2,7 +2,7 @@
 
 The zoo names are added to timm's own registry with ``timm.models.register_model``, so timm's
 ``create_model``, ``list_models``, ``is_model`` and ``list_pretrained`` see them. ``pretrained=True``
-goes through our loader (pretrained registry, sha256 check, strict safetensors loading).
+goes through our loader (pretrained index, sha256 check, strict safetensors loading).
 
 Registration is lazy: importing lyadeq_zoo does not import timm (it takes seconds). If timm is already
 imported, the names are registered at once; otherwise a one-shot import hook registers them right after
@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from . import factory
+from .hub import LICENSE, input_spec, load_pretrained_weights, read_index, shipped_folder
 from .version import __version__
 
 # timm's register_model records the defining module's default_cfgs and appends to its __all__.
@@ -36,21 +38,17 @@ def _pretrained_cfg(name: str) -> dict[str, Any]:
 
     mean/std are 0/1 because the models normalise inside: timm's data pipeline must feed [0, 1] images.
     """
-    from . import hub
-    from .factory import zoo_config
-
     cfg: dict[str, Any] = {
         "mean": None,
         "std": None,
-        "license": hub.LICENSE,
+        "license": LICENSE,
         "paper_ids": "arXiv:2304.12707",
         "paper_name": "Lyapunov-Stable Deep Equilibrium Models",
         "origin_url": "https://arxiv.org/abs/2304.12707",
         "description": f"lyadeq-zoo {__version__} model {name}",
     }
     try:
-        model_cfg = zoo_config(name)["model"]
-        spec = hub._input_spec(model_cfg)
+        spec = input_spec(factory.zoo_config(name)["model"])
         chans = int(spec["in_chans"])
         size = spec["img_size"]
         h, w = (size, size) if isinstance(size, int) else tuple(size)
@@ -65,12 +63,12 @@ def _pretrained_cfg(name: str) -> dict[str, Any]:
         )
     except Exception:  # noqa: BLE001 - not config-backed or incomplete: register without geometry
         cfg.update(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-    entry = hub.read_registry().get(name)
+    entry = read_index().get(name)
     if entry and entry.get("hf_hub_id"):
         # Metadata only (timm never downloads it itself: our entrypoint does, with the sha256 check).
         cfg.update(hf_hub_id=entry["hf_hub_id"], hf_hub_filename=entry["filename"])
     elif entry:
-        cfg.update(file=str(hub._shipped_path(entry["local_path"]) / entry["filename"]))
+        cfg.update(file=str(shipped_folder(entry["local_path"]) / entry["filename"]))
     return cfg
 
 
@@ -82,14 +80,11 @@ def _make_entrypoint(name: str) -> Callable[..., torch.nn.Module]:
         cache_dir: Any = None,
         **overrides: Any,
     ) -> torch.nn.Module:
-        from . import hub
-        from .factory import create_model
-
         # timm passes its own keyword arguments; the rest are model-config overrides, as in lz.create_model.
         del pretrained_cfg, pretrained_cfg_overlay
-        model = create_model(name, pretrained=False, **overrides)
+        model = factory.create_model(name, pretrained=False, **overrides)
         if pretrained:
-            hub.load_pretrained_weights(model, name, cache_dir=cache_dir)
+            load_pretrained_weights(model, name, cache_dir=cache_dir)
         # What timm's data helpers (timm.data.resolve_model_data_config) read from a model.
         model.pretrained_cfg = dict(default_cfgs.get(name, {}), architecture=name)
         return model
@@ -108,10 +103,8 @@ def register_timm_models() -> list[str]:
     """
     from timm.models import is_model, register_model
 
-    from .factory import list_models
-
     added = []
-    for name in list_models():
+    for name in factory.list_models():
         if name in _registered:
             continue
         if is_model(name):

@@ -97,6 +97,45 @@ def test_unroll_matches_autograd_through_long_unroll(solver: str) -> None:
     assert_grads_close(got, want, 1e-8)
 
 
+class BatchMeanCell(TanhCell):
+    """``tanh(W z_i + x_i + b + 0.25 · mean_j z_j)``: each sample sees the batch, as with BatchNorm statistics."""
+
+    couples_samples = True
+
+    def __init__(self, width: int) -> None:
+        super().__init__(width, rho=0.6)
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(z, x + 0.25 * z.mean(0, keepdim=True))
+
+
+@pytest.mark.parametrize("solver", ["anderson", "broyden", "naive"])
+def test_ift_of_a_cell_that_couples_samples(solver: str) -> None:
+    # The forward and the adjoint solve both stop on the whole batch (one nstep for all samples), and the
+    # gradient is the one of autograd through a long plain iteration of the coupled map.
+    cell = BatchMeanCell(8)
+    x, probe = inputs(n=6)
+    want = reference_grads(cell, x, probe)
+    spec = {"type": solver, "max_iter": 300, "tol": 1e-13}
+    layer = DEQLayer(cell, solver=spec, backward={"type": "ift", "solver": spec})
+    got, info = layer_grads(layer, x, probe)
+    assert_grads_close(got, want, rtol=1e-9)
+    adjoint = layer.backward_mode.last_backward_info
+    assert info["converged"].all() and adjoint["converged"].all()
+    assert len(set(info["nstep"].tolist())) == 1 and len(set(adjoint["nstep"].tolist())) == 1
+
+
+@pytest.mark.parametrize("solver", ["anderson", "broyden", "naive"])
+def test_unroll_through_whole_batch_stopping(solver: str) -> None:
+    cell = BatchMeanCell(8)
+    x, probe = inputs(n=6)
+    want = reference_grads(cell, x, probe)
+    layer = DEQLayer(cell, solver={"type": solver, "max_iter": 300, "tol": 1e-12}, backward={"type": "unroll"})
+    got, info = layer_grads(layer, x, probe)
+    assert info["converged"].all() and len(set(info["nstep"].tolist())) == 1
+    assert_grads_close(got, want, 1e-8)
+
+
 def test_phantom_tends_to_ift_as_k_grows() -> None:
     cell = TanhCell(8)
     x, probe = inputs()

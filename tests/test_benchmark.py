@@ -1,7 +1,8 @@
-"""tools/benchmark.py smoke test: the ``--quick`` run writes a complete result (schema only, no timing asserts).
+"""tools/benchmark.py (over the ``benchmarks`` package) smoke test: the ``--quick`` run writes a complete
+result (schema only, no timing asserts).
 
 The whole quick run (every section, memory subprocesses included) takes ~20-40 s on 2 shared cores, so it
-runs once per session and the tests below read its result.
+runs once per session and the tests that read its result are marked ``slow``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from benchmarks.report import markdown
+from benchmarks.solvers import bench_solvers
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,6 +40,7 @@ def _positive(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.slow
 def test_quick_run_writes_every_section(quick: tuple[dict, Path]) -> None:
     result, path = quick
     assert result["format"] == "lyadeq-zoo-bench/1" and result["quick"] is True
@@ -47,6 +52,7 @@ def test_quick_run_writes_every_section(quick: tuple[dict, Path]) -> None:
     assert path.with_suffix(".png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_solver_section_compares_with_torchdeq_on_the_same_f(quick: tuple[dict, Path]) -> None:
     solvers = quick[0]["solvers"]
     assert solvers["cases"], "at least one solver case"
@@ -69,6 +75,7 @@ def test_solver_section_compares_with_torchdeq_on_the_same_f(quick: tuple[dict, 
             assert _positive(case["ours_vs_torchdeq"][ours]["time_ratio"])
 
 
+@pytest.mark.slow
 def test_model_memory_attack_sections(quick: tuple[dict, Path]) -> None:
     result = quick[0]
     for ds in result["model"]["datasets"].values():
@@ -90,14 +97,15 @@ def test_model_memory_attack_sections(quick: tuple[dict, Path]) -> None:
         assert target["met"] in (True, False, None) and "detail" in target
 
 
+@pytest.mark.slow
 def test_markdown_table_from_result(quick: tuple[dict, Path]) -> None:
-    text = _tool().markdown(quick[0])
+    text = markdown(quick[0])
     assert "| anderson |" in text and "**Targets**" in text and "Backward memory" in text
 
 
 def test_missing_torchdeq_is_reported_and_only_that_comparison_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torchdeq", None)  # makes `import torchdeq` raise ImportError
-    out = _tool().bench_solvers(torch.device("cpu"), quick=True)
+    out = bench_solvers(torch.device("cpu"), quick=True)
     assert "not installed" in out["torchdeq"]
     case = out["cases"][0]
     assert set(case["results"]) == {"anderson", "broyden", "naive"} and case["ours_vs_torchdeq"] == {}

@@ -4,14 +4,25 @@ and on the same MLP behind a real masking defense (input quantisation + detach).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import lyadeq_zoo as lz
-from lyadeq_zoo.config import ConfigError
-from lyadeq_zoo.evaluation import autograd_calls_in_forward, evaluate, format_table, load_suite
+from lyadeq_zoo.errors import ConfigError, DataFormatError
+from lyadeq_zoo.evaluation import (
+    autograd_calls_in_forward,
+    dataset_name,
+    evaluate,
+    format_table,
+    load_suite,
+    read_result,
+    write_result,
+)
+from lyadeq_zoo.evaluation.checks import CHECK_NAMES
+from lyadeq_zoo.model_source import RandomWeightsWarning, resolve_model
 
 N = 100
 
@@ -211,3 +222,46 @@ def test_shipped_suites() -> None:
 def test_suite_errors(spec, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_suite(spec, "mnist")
+
+
+def test_checks_come_in_the_documented_order(honest_result: dict) -> None:
+    assert tuple(c["name"] for c in honest_result["checks"]) == CHECK_NAMES
+    assert all(set(c) == {"name", "passed", "level", "detail"} for c in honest_result["checks"])
+
+
+def test_result_file_round_trip_and_bad_files(honest_result: dict, tmp_path: Path) -> None:
+    path = write_result(honest_result, tmp_path / "deep" / "r.json")
+    assert read_result(path) == honest_result
+    (tmp_path / "other.json").write_text(json.dumps({"accuracy": 0.5}))
+    with pytest.raises(DataFormatError, match="not an lz.evaluate result"):
+        read_result(tmp_path / "other.json")
+    (tmp_path / "broken.json").write_text("{oops")
+    with pytest.raises(DataFormatError, match="not readable JSON"):
+        read_result(tmp_path / "broken.json")
+
+
+def test_resolve_model_says_where_the_weights_come_from(honest: nn.Module) -> None:
+    assert resolve_model(honest) == (honest, {"source": "Sequential", "weights": "given"})
+    model, source = resolve_model("lyadeq_mnist")
+    assert source == {"source": "lyadeq_mnist", "weights": "pretrained"} and dataset_name(model) == "mnist"
+    config = lz.configs_dir() / "mnist" / "deq.yaml"
+    with pytest.warns(RandomWeightsWarning, match="RANDOMLY INITIALISED"):
+        _, source = resolve_model(str(config))
+    assert source["weights"] == "random"
+    with pytest.warns(RandomWeightsWarning):
+        _, source = resolve_model("lyadeq_mnist", pretrained=False)
+    assert source["weights"] == "random"
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "error", "message"),
+    [
+        ("deq_svhn", {"pretrained": True}, ValueError, "no pretrained weights yet"),
+        ("deq_svhn", {"require_weights": True}, ValueError, "a random model transfers nothing"),
+        (str(lz.configs_dir() / "mnist" / "deq.yaml"), {"require_weights": True}, ValueError, "pass a checkpoint"),
+        ("lyadeq_mnst", {}, lz.UnknownComponentError, "lyadeq_mnist"),
+    ],
+)
+def test_resolve_model_refuses_what_it_cannot_give(spec: str, options: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        resolve_model(spec, **options)

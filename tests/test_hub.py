@@ -1,4 +1,4 @@
-"""Checkpoints and distribution: save_pretrained / strict loading, the pretrained registry, Hub push and pull.
+"""Checkpoints and distribution: save_pretrained / strict loading, the pretrained index, Hub push and pull.
 
 Hub traffic goes through the real huggingface_hub client (``hf_hub_download``, ``HfApi``) against
 :class:`LocalHub`, a small HTTP server on 127.0.0.1 that this file starts. It speaks the Hub routes the
@@ -35,6 +35,7 @@ from torch import nn
 
 import lyadeq_zoo as lz
 from lyadeq_zoo import hub
+from lyadeq_zoo.fileio import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARCH = "tiny_hub_test_net"
@@ -285,7 +286,7 @@ def zoo_name(tmp_path_factory: pytest.TempPathFactory) -> str:
     return ZOO_NAME
 
 
-def write_registry(path: Path, name: str, **entry: Any) -> Path:
+def write_index_file(path: Path, name: str, **entry: Any) -> Path:
     path.write_text(json.dumps({name: {"filename": hub.WEIGHTS_NAME, **entry}}))
     return path
 
@@ -317,7 +318,7 @@ def test_round_trip_gives_identical_outputs_and_complete_metadata(tmp_path: Path
     assert info["metrics"] == metrics and info["epochs"] == 3
     assert info["input"]["mean"] == 0.5 and info["input"]["std"] == 0.25  # TinyNet's defaults
     assert info["input"]["range"] == [0.0, 1.0]
-    assert info["weights_sha256"] == hub.sha256_file(folder / "model.safetensors")
+    assert info["weights_sha256"] == sha256_file(folder / "model.safetensors")
     assert load_file(folder / "model.safetensors").keys() == model.state_dict().keys()
 
     card = ModelCard.load(folder / "README.md")
@@ -477,8 +478,12 @@ def test_not_a_folder(tmp_path: Path) -> None:
 
 
 def test_no_pickle_loader_in_hub_code() -> None:
+    hub_modules = sorted((REPO_ROOT / "lyadeq_zoo" / "hub").glob("*.py"))
+    assert hub_modules, "lyadeq_zoo/hub/ holds no modules"
     for path in (
-        REPO_ROOT / "lyadeq_zoo" / "hub.py",
+        *hub_modules,
+        REPO_ROOT / "lyadeq_zoo" / "factory.py",
+        REPO_ROOT / "lyadeq_zoo" / "publishing.py",
         REPO_ROOT / "lyadeq_zoo" / "timm_interop.py",
         REPO_ROOT / "hubconf.py",
     ):
@@ -486,9 +491,9 @@ def test_no_pickle_loader_in_hub_code() -> None:
         assert "torch.load" not in text and "import pickle" not in text, path
 
 
-# -- pretrained registry ------------------------------------------------------------------------------------
+# -- pretrained index ---------------------------------------------------------------------------------------
 def _publish_to_local_hub(local_hub: LocalHub, model: nn.Module, repo_id: str = "zoo/tiny") -> str:
-    info = lz.hub.push_to_hub(model, repo_id, api=HfApi(endpoint=local_hub.url, token="hf_local_test_token"))
+    info = lz.push_to_hub(model, repo_id, api=HfApi(endpoint=local_hub.url, token="hf_local_test_token"))
     return info.oid
 
 
@@ -500,14 +505,14 @@ def test_pretrained_from_hub_verified(
         trained.head.weight.normal_()
     commit = _publish_to_local_hub(hub_env, trained)
     weights = hub_env.files("zoo/tiny")["model.safetensors"]
-    registry = write_registry(
+    index_file = write_index_file(
         tmp_path / "pretrained.json",
         zoo_name,
         hf_hub_id="zoo/tiny",
         revision=commit,
         sha256=hashlib.sha256(weights).hexdigest(),
     )
-    monkeypatch.setenv(hub.REGISTRY_ENV, str(registry))
+    monkeypatch.setenv(hub.INDEX_ENV, str(index_file))
     assert hub.has_pretrained(zoo_name) and zoo_name in lz.list_models(pretrained=True)
     assert "lyadeq_mnist" not in lz.list_models(pretrained=True)
 
@@ -525,11 +530,11 @@ def test_pretrained_sha256_mismatch_is_refused(
     hub_env: LocalHub, zoo_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     commit = _publish_to_local_hub(hub_env, lz.create_model(zoo_name))
-    registry = write_registry(
+    index_file = write_index_file(
         tmp_path / "pretrained.json", zoo_name, hf_hub_id="zoo/tiny", revision=commit, sha256="0" * 64
     )
-    monkeypatch.setenv(hub.REGISTRY_ENV, str(registry))
-    with pytest.raises(hub.ChecksumError, match=r"sha256 is [0-9a-f]{64}, but the pretrained registry records 0{64}"):
+    monkeypatch.setenv(hub.INDEX_ENV, str(index_file))
+    with pytest.raises(hub.ChecksumError, match=r"sha256 is [0-9a-f]{64}, but the pretrained index records 0{64}"):
         lz.create_model(zoo_name, pretrained=True)
 
 
@@ -538,8 +543,8 @@ def test_pretrained_falls_back_to_shipped_copy_when_hub_unreachable(
 ) -> None:
     trained = lz.create_model(zoo_name)
     shipped = hub.save_pretrained(trained, tmp_path / "shipped" / zoo_name)
-    sha = hub.sha256_file(shipped / "model.safetensors")
-    registry = write_registry(
+    sha = sha256_file(shipped / "model.safetensors")
+    index_file = write_index_file(
         tmp_path / "pretrained.json",
         zoo_name,
         hf_hub_id="zoo/never-pushed",
@@ -547,9 +552,9 @@ def test_pretrained_falls_back_to_shipped_copy_when_hub_unreachable(
         sha256=sha,
         local_path=str(shipped),
     )
-    monkeypatch.setenv(hub.REGISTRY_ENV, str(registry))
+    monkeypatch.setenv(hub.INDEX_ENV, str(index_file))
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    hub._warned_fallback.discard(zoo_name)
+    hub.index._warned_fallback.discard(zoo_name)
     with pytest.warns(UserWarning, match=rf"pretrained '{zoo_name}': could not get model\.safetensors from the Hub"):
         model = lz.create_model(zoo_name, pretrained=True)
     assert torch.equal(outputs(model), outputs(trained))
@@ -572,11 +577,11 @@ def test_pretrained_falls_back_to_shipped_copy_when_hub_unreachable(
 def test_pretrained_without_any_source(
     hub_env: LocalHub, zoo_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    registry = write_registry(tmp_path / "p.json", zoo_name, hf_hub_id="zoo/missing", sha256="a" * 64)
-    monkeypatch.setenv(hub.REGISTRY_ENV, str(registry))
+    index_file = write_index_file(tmp_path / "p.json", zoo_name, hf_hub_id="zoo/missing", sha256="a" * 64)
+    monkeypatch.setenv(hub.INDEX_ENV, str(index_file))
     with pytest.raises(hub.CheckpointError, match=r"the Hub could not provide model\.safetensors from zoo/missing"):
         lz.create_model(zoo_name, pretrained=True)
-    monkeypatch.setenv(hub.REGISTRY_ENV, str(tmp_path / "absent.json"))
+    monkeypatch.setenv(hub.INDEX_ENV, str(tmp_path / "absent.json"))
     with pytest.raises(hub.CheckpointError, match=rf"no pretrained weights for '{zoo_name}'"):
         lz.create_model(zoo_name, pretrained=True)
 
@@ -589,26 +594,26 @@ def test_pretrained_without_any_source(
         ({"sha256": "a" * 64, "hf_hub_id": "a/b", "url": "x"}, r"unknown key\(s\) \['url'\]"),
     ],
 )
-def test_malformed_registry_entries(tmp_path: Path, entry: dict[str, str], message: str) -> None:
+def test_malformed_index_entries(tmp_path: Path, entry: dict[str, str], message: str) -> None:
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"some_model": entry}))
     with pytest.raises(hub.CheckpointError, match=message):
-        hub.read_registry(path)
+        hub.read_index(path)
 
 
-def test_shipped_registry_is_valid() -> None:
-    registry = hub.read_registry(hub.REGISTRY_PATH)
-    for name, entry in registry.items():
+def test_shipped_index_is_valid() -> None:
+    entries = hub.read_index(hub.INDEX_PATH)
+    for name, entry in entries.items():
         assert name in lz.list_models(), f"pretrained.json lists {name!r}, which is not a zoo model"
         if entry.get("local_path"):
-            assert (hub._shipped_path(entry["local_path"]) / entry["filename"]).is_file()
+            assert (hub.shipped_folder(entry["local_path"]) / entry["filename"]).is_file()
 
 
 # -- hf-hub: loading and push_to_hub ------------------------------------------------------------------------
 def test_push_model_then_load_hf_hub(hub_env: LocalHub) -> None:
     model = tiny_model()
     api = HfApi(endpoint=hub_env.url, token="hf_local_test_token")
-    info = hub.push_to_hub(model, "org/tiny", api=api)
+    info = lz.push_to_hub(model, "org/tiny", api=api)
     files = hub_env.files("org/tiny")
     assert sorted(files) == sorted(hub.CHECKPOINT_FILES)
     assert lz.__version__ in hub_env.commit_messages[-1]
@@ -624,9 +629,9 @@ def test_push_model_then_load_hf_hub(hub_env: LocalHub) -> None:
 def test_push_folder_to_branch_and_load_revision(hub_env: LocalHub, tmp_path: Path) -> None:
     first, second = tiny_model(), tiny_model(width=5)
     api = HfApi(endpoint=hub_env.url, token="hf_local_test_token")
-    hub.push_to_hub(first, "org/tiny", api=api)
+    lz.push_to_hub(first, "org/tiny", api=api)
     folder = hub.save_pretrained(second, tmp_path / "second", metrics={"clean": 1.0})
-    info = hub.push_to_hub(folder, "org/tiny", api=api, revision="v2", commit_message="second model")
+    info = lz.push_to_hub(folder, "org/tiny", api=api, revision="v2", commit_message="second model")
     assert hub_env.commit_messages[-1] == f"second model (lyadeq-zoo {lz.__version__})"
     assert hub_env.files("org/tiny", "v2") == {name: (folder / name).read_bytes() for name in hub.CHECKPOINT_FILES}
     assert hub_env.refs["org/tiny"]["v2"] == info.oid
@@ -638,7 +643,7 @@ def test_push_refuses_broken_folder_before_uploading(hub_env: LocalHub, tmp_path
     folder = hub.save_pretrained(tiny_model(), tmp_path / "ckpt")
     _corrupt("wrong shape", folder)
     with pytest.raises(hub.CheckpointError, match="has shape"):
-        hub.push_to_hub(folder, "org/tiny", api=HfApi(endpoint=hub_env.url, token="hf_local_test_token"))
+        lz.push_to_hub(folder, "org/tiny", api=HfApi(endpoint=hub_env.url, token="hf_local_test_token"))
     assert hub_env.log == []
 
 
@@ -697,18 +702,18 @@ def test_env_offline_mode_reads_cache_and_falls_back(hub_env: LocalHub, zoo_name
     from it without a single request, report an uncached repo clearly, and use a pretrained entry's shipped
     copy, warning once."""
     model = tiny_model()
-    info = hub.push_to_hub(model, "org/tiny", api=HfApi(endpoint=hub_env.url, token="hf_local_test_token"))
+    info = lz.push_to_hub(model, "org/tiny", api=HfApi(endpoint=hub_env.url, token="hf_local_test_token"))
     pinned = f"hf-hub:org/tiny@{info.oid}"
     lz.create_model(pinned)  # fills the cache at HF_HUB_CACHE
     configs = Path(lz.get_component("model", zoo_name).zoo_config).parent.parent
     shipped_model = lz.create_model(zoo_name)
     shipped = hub.save_pretrained(shipped_model, tmp_path / "shipped")
-    registry = write_registry(
+    index_file = write_index_file(
         tmp_path / "p.json",
         zoo_name,
         hf_hub_id="org/not-cached",
         revision="main",
-        sha256=hub.sha256_file(shipped / "model.safetensors"),
+        sha256=sha256_file(shipped / "model.safetensors"),
         local_path=str(shipped),
     )
     hub_env.log.clear()
@@ -716,7 +721,7 @@ def test_env_offline_mode_reads_cache_and_falls_back(hub_env: LocalHub, zoo_name
         "HF_HUB_OFFLINE": "1",
         "HF_HUB_CACHE": hf_constants.HF_HUB_CACHE,
         "HF_ENDPOINT": hub_env.url,  # reachable, but offline mode must not use it
-        hub.REGISTRY_ENV: str(registry),
+        hub.INDEX_ENV: str(index_file),
     }
     result = _run_fresh(env, [pinned, "hf-hub:org/never-downloaded", zoo_name], configs)
     assert result[pinned]["outputs"] == outputs(model).tolist()
@@ -742,28 +747,28 @@ def test_publish_tool_pushes_ships_and_records(
     with torch.no_grad():
         trained.body.weight.normal_()
     folder = hub.save_pretrained(trained, tmp_path / "final", metrics={"clean": 50.0})
-    registry = tmp_path / "registry" / "pretrained.json"
-    registry.parent.mkdir()
-    registry.write_text("{}\n")
+    index_file = tmp_path / "index" / "pretrained.json"
+    index_file.parent.mkdir()
+    index_file.write_text("{}\n")
     api = HfApi(endpoint=hub_env.url, token="hf_local_test_token")
     entry = publish.main(
-        [zoo_name, str(folder), "--repo-id", "zoo/tiny", "--ship", "--registry", str(registry)], api=api
+        [zoo_name, str(folder), "--repo-id", "zoo/tiny", "--ship", "--index", str(index_file)], api=api
     )
-    written = json.loads(registry.read_text())[zoo_name]
+    written = json.loads(index_file.read_text())[zoo_name]
     assert written == entry
-    assert written["sha256"] == hub.sha256_file(folder / "model.safetensors")
+    assert written["sha256"] == sha256_file(folder / "model.safetensors")
     assert written["revision"] == hub_env.refs["zoo/tiny"]["main"] and written["hf_hub_id"] == "zoo/tiny"
     assert written["local_path"] == f"pretrained/{zoo_name}"
-    assert (registry.parent / "pretrained" / zoo_name / "model.safetensors").read_bytes() == (
+    assert (index_file.parent / "pretrained" / zoo_name / "model.safetensors").read_bytes() == (
         folder / "model.safetensors"
     ).read_bytes()
 
-    monkeypatch.setenv(hub.REGISTRY_ENV, str(registry))
+    monkeypatch.setenv(hub.INDEX_ENV, str(index_file))
     assert torch.equal(outputs(lz.create_model(zoo_name, pretrained=True)), outputs(trained))
 
     # Weights of another architecture are refused before anything is pushed or recorded.
     other = hub.save_pretrained(tiny_model(width=3), tmp_path / "other")
     hub_env.log.clear()
     with pytest.raises(hub.CheckpointError, match="has shape"):
-        publish.main([zoo_name, str(other), "--repo-id", "zoo/tiny", "--registry", str(registry)], api=api)
-    assert hub_env.log == [] and json.loads(registry.read_text())[zoo_name] == written
+        publish.main([zoo_name, str(other), "--repo-id", "zoo/tiny", "--index", str(index_file)], api=api)
+    assert hub_env.log == [] and json.loads(index_file.read_text())[zoo_name] == written

@@ -13,6 +13,7 @@ import torch
 
 import lyadeq_zoo as lz
 from lyadeq_zoo import hub
+from lyadeq_zoo.fileio import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ZOO = lz.list_models()  # at collection time: the zoo configs under configs/
@@ -75,10 +76,10 @@ def test_hub_dependencies_are_importable() -> None:
 def test_hub_pretrained_flag_reaches_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     trained = lz.create_model("deq_mnist").eval()
     shipped = hub.save_pretrained(trained, tmp_path / "deq_mnist")
-    sha = hub.sha256_file(shipped / "model.safetensors")
-    registry = tmp_path / "pretrained.json"
-    registry.write_text(json.dumps({"deq_mnist": {"sha256": sha, "local_path": str(shipped)}}))
-    monkeypatch.setenv(hub.REGISTRY_ENV, str(registry))
+    sha = sha256_file(shipped / "model.safetensors")
+    index_file = tmp_path / "pretrained.json"
+    index_file.write_text(json.dumps({"deq_mnist": {"sha256": sha, "local_path": str(shipped)}}))
+    monkeypatch.setenv(hub.INDEX_ENV, str(index_file))
     model = torch.hub.load(str(REPO_ROOT), "deq_mnist", source="local", pretrained=True).eval()
     x = torch.rand(2, 1, 28, 28)
     with torch.no_grad():

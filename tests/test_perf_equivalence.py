@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 import lyadeq_zoo as lz
 from lyadeq_zoo import hub
 from lyadeq_zoo.attacks import base as attack_base
-from lyadeq_zoo.attacks.base import input_gradient
+from lyadeq_zoo.attacks.gradients import input_gradient
 from lyadeq_zoo.evaluation import autograd_calls_in_forward, evaluate
 from lyadeq_zoo.registry import build_component
 

@@ -1,11 +1,12 @@
 """Entry-point plugins, with real distributions: the example plugin installed by pip into a temporary
 directory, and hand-written ``*.dist-info`` folders for the failure modes. Each scenario runs in a fresh
-interpreter, since discovery happens once per process."""
+interpreter, since discovery happens once per process: every test here is marked ``slow``."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # each test starts a fresh interpreter importing torch (~1.5 s and more)
 
 
 def run_python(code: str, *paths: Path) -> subprocess.CompletedProcess[str]:
@@ -77,6 +79,20 @@ def test_installed_plugin_is_discovered_without_import(installed_example_plugin:
     assert out["origin"] == "plugin:lyadeq-zoo-example-plugin"
     assert out["rel"] <= 1e-6
     assert out["logits"] == [4, 2]
+
+
+def test_installed_plugin_components_meet_the_component_contracts(installed_example_plugin: Path) -> None:
+    """test_contracts.py, run with the example plugin installed, checks its solver and head like built-ins."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(installed_example_plugin), str(REPO), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "tests" / "test_contracts.py"),
+         "-k", "damped_picard or cosine"],
+        env=env, capture_output=True, text=True, timeout=240, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(r"\b2 passed\b", result.stdout)  # the plugin's solver and head, each against its contract
 
 
 def test_plugin_config_keys_are_validated(installed_example_plugin: Path) -> None:

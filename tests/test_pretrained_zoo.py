@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -34,8 +33,8 @@ def recorded_clean_accuracy(metrics: dict) -> tuple[float, int | None]:
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_entry_loads_and_matches_its_card(name: str) -> None:
-    entry = hub.read_registry()[name]
-    folder = Path(hub.__file__).parent / entry["local_path"]
+    entry = hub.read_index()[name]
+    folder = hub.shipped_folder(entry["local_path"])
     card = json.loads((folder / "config.json").read_text())
     assert card["weights_sha256"] == entry["sha256"]
     recorded, _ = recorded_clean_accuracy(card["metrics"])

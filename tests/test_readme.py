@@ -1,4 +1,5 @@
-"""README promises that must not drift: CI runs its exact test command; the component list is current."""
+"""README promises that must not drift: CI runs its exact test command, then the slow tests; the component list is
+current."""
 
 from __future__ import annotations
 
@@ -24,7 +25,16 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     assert "pytest" in command
 
 
+def test_ci_runs_the_slow_tests_after_the_default_selection() -> None:
+    # The README's command runs the default selection (pyproject's addopts deselect `slow`); CI must run the
+    # slow tests as a second, required step: `set -e` makes a failure of either stop the script.
+    ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert any(line.startswith("set -e") for line in ci_lines)
+    assert ci_lines[ci_lines.index(readme_test_command()) + 1] == "python -m pytest -q -m slow"
+
+
 def test_readme_component_list_is_current() -> None:
+    # A fresh interpreter: in this one, other tests may have registered components of their own.
     result = subprocess.run(
         [sys.executable, str(REPO / "tools" / "update_readme.py"), "--check"],
         capture_output=True, text=True, timeout=120,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 import lyadeq_zoo as lz
@@ -80,7 +82,7 @@ def test_every_kind_has_a_registry_and_builtins_are_marked() -> None:
         assert lz.registry.registry("dataset").origin(name) == "builtin"
 
 
-def test_build_component_refuses_keys_the_parent_supplies() -> None:
+def test_build_component_refuses_keys_the_parent_supplies(restore_registries: Callable[[], None]) -> None:
     reg_name = "test_builder_width"
 
     @lz.register("cell", reg_name, override=True)
@@ -95,3 +97,13 @@ def test_build_component_refuses_keys_the_parent_supplies() -> None:
 def test_closest_match_uses_substrings_for_short_prefixes() -> None:
     assert closest_match("anders", ["anderson", "broyden"]) == "anderson"
     assert closest_match("qqq", ["anderson", "broyden"]) is None
+
+
+def test_restore_registries_undoes_registrations_in_every_kind(restore_registries: Callable[[], None]) -> None:
+    before = {kind: lz.list_components(kind) for kind in lz.KINDS}
+    for kind in lz.KINDS:
+        lz.register(kind, f"restore_test_{kind}")(lambda: None)
+    lz.registry.registry("solver")._discovered = False  # as if plugins were never looked up
+    restore_registries()
+    assert {kind: lz.list_components(kind) for kind in lz.KINDS} == before
+    assert lz.registry.registry("solver")._discovered

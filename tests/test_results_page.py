@@ -1,4 +1,5 @@
-"""tools/results_page.py: the results page from real lz.evaluate JSONs, and --update-cards on a copied checkpoint.
+"""The results page (lyadeq_zoo.evaluation.results_page through tools/results_page.py) from real lz.evaluate
+JSONs, and --update-cards on a copied checkpoint.
 
 The eval JSONs are produced here by ``lz.evaluate`` on the shipped ``lyadeq_mnist`` weights and 50 shipped MNIST
 sample images (the real ``paper`` suite; cheap stand-ins for the strong and curve suites), so the tests never
@@ -10,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,6 +20,8 @@ import pytest
 import lyadeq_zoo as lz
 from lyadeq_zoo import hub
 from lyadeq_zoo.evaluation import evaluate
+from lyadeq_zoo.evaluation.result import merge_results
+from lyadeq_zoo.fileio import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -47,7 +49,6 @@ CURVE_SUITE = {  # configs/eval/curve.yaml's attacks on fewer radii, fewer steps
 def _tool() -> ModuleType:
     spec = importlib.util.spec_from_file_location("tool_results_page", REPO / "tools" / "results_page.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
     spec.loader.exec_module(module)
     return module
 
@@ -142,7 +143,7 @@ def test_nothing_evaluated_and_unreadable_files(tmp_path: Path) -> None:
     assert "No model of this data set has been evaluated" in page
     # Training facts come from the shipped cards even without results: schedule, fine-tuning.
     pgdat = _row(page, "| `lyadeq_pgdat_cifar10` | yes |")
-    card = json.loads((hub.REGISTRY_PATH.parent / "pretrained" / "lyadeq_pgdat_cifar10" / "config.json").read_text())
+    card = json.loads((hub.INDEX_PATH.parent / "pretrained" / "lyadeq_pgdat_cifar10" / "config.json").read_text())
     assert f"| {card['epochs']} | 50 |" in pgdat
     assert f"**fine-tuned** from `{card['config']['train']['init_from']}`" in pgdat
     assert "fine-tuned" not in _row(page, "| `lyadeq_cifar10` | yes |")
@@ -150,20 +151,20 @@ def test_nothing_evaluated_and_unreadable_files(tmp_path: Path) -> None:
 
 def _copy_shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> tuple[Path, Path]:
     """A copy of the shipped checkpoint ``name`` and a registry pointing at it (absolute local_path)."""
-    entry = hub.read_registry(hub.REGISTRY_PATH)[name]
-    source = hub.REGISTRY_PATH.parent / entry["local_path"]
+    entry = hub.read_index(hub.INDEX_PATH)[name]
+    source = hub.INDEX_PATH.parent / entry["local_path"]
     folder = tmp_path / "pretrained" / name
     shutil.copytree(source, folder)
     registry = tmp_path / "pretrained.json"
     registry.write_text(json.dumps({name: {**entry, "local_path": str(folder)}}, indent=2), encoding="utf-8")
-    monkeypatch.setenv(hub.REGISTRY_ENV, str(registry))
+    monkeypatch.setenv(hub.INDEX_ENV, str(registry))
     return folder, registry
 
 
 def test_update_cards_keeps_weights_and_writes_metrics(tmp_path: Path, results: dict, monkeypatch) -> None:
     tool = _tool()
     folder, registry = _copy_shipped(tmp_path, monkeypatch, "lyadeq_mnist")
-    shipped = hub.REGISTRY_PATH.parent / "pretrained" / "lyadeq_mnist"
+    shipped = hub.INDEX_PATH.parent / "pretrained" / "lyadeq_mnist"
     shipped_bytes = {f: (shipped / f).read_bytes() for f in hub.CHECKPOINT_FILES}
     weights = (folder / hub.WEIGHTS_NAME).read_bytes()
     registry_text = registry.read_text(encoding="utf-8")
@@ -173,7 +174,7 @@ def test_update_cards_keeps_weights_and_writes_metrics(tmp_path: Path, results: 
 
     assert tool.main(argv) == 0
     assert (folder / hub.WEIGHTS_NAME).read_bytes() == weights
-    assert registry.read_text(encoding="utf-8") == registry_text  # weights unchanged: sha256 untouched
+    assert registry.read_text(encoding="utf-8") == registry_text  # weights unchanged: the index is untouched
     info = json.loads((folder / hub.CONFIG_NAME).read_text(encoding="utf-8"))
     metrics = info["metrics"]
     assert metrics["suite"] == "paper" and metrics["clean"] == results["paper"]["clean"]
@@ -181,7 +182,7 @@ def test_update_cards_keeps_weights_and_writes_metrics(tmp_path: Path, results: 
     # the training-time numbers are kept (a card updated before keeps them under "training")
     assert metrics["training"] == old_info["metrics"].get("training", old_info["metrics"])
     assert info["epochs"] == old_info["epochs"] and info["train_command"] == old_info["train_command"]
-    assert info["weights_sha256"] == hub.sha256_file(folder / hub.WEIGHTS_NAME)
+    assert info["weights_sha256"] == sha256_file(folder / hub.WEIGHTS_NAME)
     card = (folder / hub.CARD_NAME).read_text(encoding="utf-8")
     pgd8 = next(i for a in results["paper"]["attacks"] if a["name"] == "PGD" for i in a["results"] if i["eps_255"] == 8)
     assert f"| PGD @ eps 8/255 (%) | {100 * pgd8['accuracy']:.4g} |" in card
@@ -210,3 +211,16 @@ def test_update_cards_refuses_results_of_other_weights(tmp_path: Path, results: 
     assert "NOT updated" in capsys.readouterr().out
     assert (folder / hub.CONFIG_NAME).read_bytes() == before
     assert "**other weights than shipped**" in (tmp_path / "r.md").read_text(encoding="utf-8")
+
+
+def test_merged_card_metrics(results: dict) -> None:
+    training = {"clean_accuracy": 0.98, "epochs": 10}
+    merged = merge_results({"strong": results["strong"], "paper": results["paper"]}, training)
+    assert merged["suite"] == "paper" and merged["strong"] == results["strong"] and "curve" not in merged
+    worst8 = next(w for w in results["strong"]["worst_case"] if w["eps_255"] == 8)
+    assert merged["worst case, strong_cpu suite (n=50) @ eps 8/255 (%)"] == 100 * worst8["accuracy"]
+    assert merged["training"] == training
+    # merging again from a card that already holds results keeps the training numbers, not the old results
+    assert merge_results({"curve": results["curve"]}, merged)["training"] == training
+    with pytest.raises(ValueError, match="no result to merge"):
+        merge_results({}, training)

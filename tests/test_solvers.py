@@ -1,13 +1,16 @@
-"""Fixed-point solvers: convergence, per-sample stopping, honest residuals, dtypes, registry and validation."""
+"""Fixed-point solvers: convergence, per-sample and whole-batch stopping, residuals true at the returned batch,
+dtypes, registry and validation."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import lyadeq_zoo as lz
 from lyadeq_zoo.config import ConfigError, validate_component
-from lyadeq_zoo.deq.solvers import anderson, naive, residuals
+from lyadeq_zoo.deq.layer import DEQLayer, couples_samples
+from lyadeq_zoo.deq.solvers import anderson, naive, residuals, run_solver
 
 SOLVERS = ["anderson", "broyden", "naive"]
 DTYPES = [torch.float32, torch.float64]
@@ -173,3 +176,196 @@ def test_naive_damping_and_already_converged_start() -> None:
     z2, info2 = anderson(f, z, max_iter=10, tol=1e-10)  # start at the fixed point: no step taken
     assert info2["nstep"].tolist() == [1, 1, 1, 1] and int(info2["n_f_evals"]) == 1
     assert torch.equal(z2, z)
+
+
+# --- samples coupled through the map (BatchNorm batch statistics): whole-batch stopping -----------------------
+
+
+def coupled_map(n: int, d: int, dtype: torch.dtype = torch.float64) -> tuple:
+    """``Z -> tanh(s_i · W z_i + c · mean_j z_j + x_i)``: sample i sees the batch mean, contraction <= 0.9.
+
+    Per-sample factors ``s_i`` from 0.05 to 0.45 (``c = 0.45``) make the samples converge at very different
+    speeds, so per-sample stopping would freeze some while the mean they see still moves.
+    """
+    f_single, x = contractive_map(n, d, torch.linspace(0.05, 0.45, n, dtype=torch.float64), dtype, x_scale=0.5)
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(torch.atanh(f_single(z)) + 0.45 * z.mean(0, keepdim=True))
+
+    return f, x
+
+
+@pytest.mark.parametrize("max_iter", [6, 300])
+@pytest.mark.parametrize("name", SOLVERS)
+def test_coupled_statistics_are_true_at_the_returned_batch(name: str, max_iter: int) -> None:
+    tol = 1e-9
+    f, x = coupled_map(16, 10)
+    z, info = solve(name, f, torch.zeros_like(x), max_iter=max_iter, tol=tol, coupled=True)
+    abs_r, rel_r = residuals(z, f(z))  # measured again, independently, at the returned batch
+    torch.testing.assert_close(info["rel_residual"], rel_r, rtol=1e-9, atol=1e-15)
+    torch.testing.assert_close(info["abs_residual"], abs_r, rtol=1e-9, atol=1e-15)
+    assert (rel_r[info["converged"]] <= tol).all()
+    assert (info["converged"] == (rel_r <= tol)).all()
+    assert len(set(info["nstep"].tolist())) == 1, "one iterate is returned for the whole batch"
+    if max_iter == 300:
+        assert info["converged"].all() and int(info["n_f_evals"]) == int(info["nstep"][0])
+    else:
+        assert not info["converged"].all() and int(info["n_f_evals"]) == max_iter
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_the_coupled_map_really_defeats_per_sample_stopping(name: str) -> None:
+    # Why coupled=True exists: on this map, per-sample freezing reports residuals that the returned batch
+    # does not have (so the test above is not vacuous).
+    f, x = coupled_map(16, 10)
+    z, info = solve(name, f, torch.zeros_like(x), max_iter=300, tol=1e-9)
+    _, rel_r = residuals(z, f(z))
+    assert info["converged"].all() and len(set(info["nstep"].tolist())) > 1
+    assert (rel_r > 1e-9).any() and not torch.allclose(info["rel_residual"], rel_r, rtol=1e-3, atol=0)
+
+
+def plain_iteration(f, z0: torch.Tensor, *, max_iter: int = 50, tol: float = 1e-4) -> tuple:
+    """A solver without a ``coupled`` option, as a plugin may register one."""
+    return naive(f, z0, max_iter=max_iter, tol=tol)
+
+
+def test_run_solver_measures_a_solver_without_coupled_option_again() -> None:
+    f, x = coupled_map(16, 10)
+    options = {"max_iter": 300, "tol": 1e-9}
+    z_plain, info_plain = plain_iteration(f, torch.zeros_like(x), **options)
+    with torch.no_grad():
+        z, info = run_solver(plain_iteration, f, torch.zeros_like(x), options, coupled=True)
+    assert torch.equal(z, z_plain)
+    abs_r, rel_r = residuals(z, f(z))
+    assert torch.equal(info["rel_residual"], rel_r) and torch.equal(info["abs_residual"], abs_r)
+    assert torch.equal(info["converged"], rel_r <= 1e-9) and not info["converged"].all()
+    assert int(info["n_f_evals"]) == int(info_plain["n_f_evals"]) + 1  # the extra evaluation is counted
+    assert torch.equal(info["nstep"], info_plain["nstep"])
+    # Uncoupled: the solver's own info, no extra evaluation.
+    with torch.no_grad():
+        _, info_uncoupled = run_solver(plain_iteration, f, torch.zeros_like(x), options, coupled=False)
+    assert int(info_uncoupled["n_f_evals"]) == int(info_plain["n_f_evals"])
+
+
+# The per-sample results of the shipped solvers before whole-batch stopping was added (must not change).
+PER_SAMPLE_NSTEPS = {
+    "anderson": ([12, 17, 26, 22, 14, 24], 26),
+    "broyden": ([8, 14, 19, 18, 11, 18], 19),
+    "naive": ([10, 26, 77, 52, 17, 65], 77),
+}
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_uncoupled_maps_keep_per_sample_stopping_and_their_results(name: str) -> None:
+    rho = torch.tensor([0.1, 0.5, 0.9, 0.97, 0.3, 0.8], dtype=torch.float64)
+    f, x = contractive_map(6, 12, rho, torch.float64, x_scale=0.3)
+    z, info = solve(name, f, torch.zeros_like(x), max_iter=300, tol=1e-9)
+    z_explicit, info_explicit = solve(name, f, torch.zeros_like(x), max_iter=300, tol=1e-9, coupled=False)
+    assert torch.equal(z, z_explicit) and torch.equal(info["nstep"], info_explicit["nstep"])
+    steps, evals = PER_SAMPLE_NSTEPS[name]
+    assert info["nstep"].tolist() == steps and int(info["n_f_evals"]) == evals
+    assert info["converged"].all()
+
+
+@pytest.mark.parametrize("coupled", [False, True])
+@pytest.mark.parametrize("name", SOLVERS)
+def test_nstep_is_the_index_of_the_returned_iterate(name: str, coupled: bool) -> None:
+    # Non-contractive map: the best iterate is often not the last one. A solve cut at max_iter = nstep[i]
+    # (the same first nstep[i] evaluations) must return the same point for sample i.
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(16, 6, generator=gen, dtype=torch.float64)
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        return 0.9 * torch.sin(3.0 * z) + x
+
+    z, info = solve(name, f, torch.zeros_like(x), max_iter=40, tol=1e-10, coupled=coupled)
+    nsteps = info["nstep"].tolist()
+    assert min(nsteps) >= 1 and max(nsteps) <= int(info["n_f_evals"]) <= 40
+    for k in sorted(set(nsteps)):
+        z_cut, info_cut = solve(name, f, torch.zeros_like(x), max_iter=k, tol=1e-10, coupled=coupled)
+        rows = info["nstep"] == k
+        assert torch.equal(z_cut[rows], z[rows]) and (info_cut["nstep"][rows] == k).all()
+
+
+def test_coupled_is_set_by_the_layer_not_the_config() -> None:
+    for name in SOLVERS:
+        with pytest.raises(ConfigError, match="'coupled' is set by the enclosing model"):
+            validate_component("solver", {"type": name, "coupled": True}, ("solver",))
+
+
+def test_couples_samples_follows_the_cell_and_its_mode() -> None:
+    batch_cell = lz.build_component("cell", {"type": "paper_mlp", "norm": "batch"}, width=8)
+    assert couples_samples(batch_cell.train()) and not couples_samples(batch_cell.eval())
+    for norm in ("layer", "none"):
+        cell = lz.build_component("cell", {"type": "paper_mlp", "norm": norm}, width=8)
+        assert not couples_samples(cell.train()) and not couples_samples(cell.eval())
+    no_running_stats = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, track_running_stats=False)).eval()
+    assert couples_samples(no_running_stats)  # batch statistics in eval mode too
+
+    class Declared(nn.Module):
+        couples_samples = True
+
+    assert couples_samples(Declared())
+
+
+def batchnorm_layer(name: str) -> tuple[DEQLayer, torch.Tensor]:
+    """The zoo's paper cell with BatchNorm, W2 at 0.3 of PyTorch's default scale (tens of iterations), float64."""
+    torch.manual_seed(0)
+    cell = lz.build_component("cell", {"type": "paper_mlp", "norm": "batch", "out_scale": 0.3}, width=16).double()
+    layer = DEQLayer(cell, solver={"type": name, "max_iter": 60, "tol": 1e-8}, backward={"type": "ift"})
+    x = torch.randn(24, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    return layer, x
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_batchnorm_cell_in_train_mode_reports_true_statistics(name: str) -> None:
+    layer, x = batchnorm_layer(name)
+    layer.train()
+    with torch.no_grad():
+        z, info = layer(x)
+        _, rel_r = residuals(z, layer.cell(z, x))
+    torch.testing.assert_close(info["rel_residual"], rel_r, rtol=1e-9, atol=1e-15)
+    assert info["converged"].all() and (rel_r <= 1e-8).all()
+    assert len(set(info["nstep"].tolist())) == 1
+    # Eval mode: running statistics, a per-sample map: the solver runs as called directly (per-sample stopping).
+    layer.eval()
+    with torch.no_grad():
+        z_eval, info_eval = layer(x)
+        z_direct, info_direct = lz.get_component("solver", name)(
+            lambda s: layer.cell(s, x), torch.zeros_like(x), max_iter=60, tol=1e-8
+        )
+    assert torch.equal(z_eval, z_direct) and torch.equal(info_eval["nstep"], info_direct["nstep"])
+
+
+@pytest.fixture(scope="module")
+def deq_mnist_train() -> tuple[nn.Module, torch.Tensor]:
+    model = lz.create_model("deq_mnist", pretrained=True).train()
+    x, _ = lz.get_component("dataset", "mnist")(split="test", root="sample").tensors()
+    return model, x[:384]
+
+
+def test_pretrained_deq_mnist_in_train_mode_reports_true_converged_flags(deq_mnist_train) -> None:
+    model, x = deq_mnist_train
+    tol = model.deq.solver_spec["tol"]
+    n_converged = 0
+    for xb in x.split(128):
+        with torch.no_grad():
+            z, u, info = model.equilibrium(xb)
+            abs_r, rel_r = residuals(z, model.cell(z, u))  # the train-mode map: batch statistics
+        assert (rel_r[info["converged"]] <= tol).all(), "a sample is reported converged above tol"
+        assert torch.equal(info["converged"], rel_r <= tol)
+        torch.testing.assert_close(info["rel_residual"], rel_r, rtol=1e-4, atol=1e-9)
+        torch.testing.assert_close(info["abs_residual"], abs_r, rtol=1e-4, atol=1e-9)
+        n_converged += int(info["converged"].sum())
+    assert n_converged > len(x) // 2  # the check is not vacuous
+
+
+def test_stability_report_has_solver_statistics_at_z_star(deq_mnist_train) -> None:
+    model, x = deq_mnist_train
+    report = lz.stability_report(model, x[:64])
+    assert {"nstep", "rel_residual", "abs_residual", "converged", "n_f_evals"} <= set(report)
+    for key, value in report.items():
+        assert value.shape == (64,), key
+    assert report["converged"].dtype == torch.bool and report["n_f_evals"].dtype == torch.int64
+    assert (report["nstep"] <= report["n_f_evals"]).all()
+    assert torch.equal(report["converged"], report["rel_residual"] <= model.deq.solver_spec["tol"])

@@ -15,6 +15,7 @@ import torch
 import lyadeq_zoo as lz
 import lyadeq_zoo.timm_interop as timm_interop
 from lyadeq_zoo import hub
+from lyadeq_zoo.fileio import sha256_file
 
 timm = pytest.importorskip("timm", reason="timm is a dependency of lyadeq-zoo; install it")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -68,17 +69,17 @@ def test_timm_pretrained_uses_checked_loader(tmp_path: Path, monkeypatch: pytest
     with torch.no_grad():
         trained.head.fc.weight.normal_() if hasattr(trained.head, "fc") else next(trained.head.parameters()).normal_()
     shipped = hub.save_pretrained(trained, tmp_path / NAME)
-    registry = tmp_path / "pretrained.json"
+    index_file = tmp_path / "pretrained.json"
     entry = {"filename": "model.safetensors", "local_path": str(shipped)}
-    registry.write_text(json.dumps({NAME: {**entry, "sha256": hub.sha256_file(shipped / "model.safetensors")}}))
-    monkeypatch.setenv(hub.REGISTRY_ENV, str(registry))
+    index_file.write_text(json.dumps({NAME: {**entry, "sha256": sha256_file(shipped / "model.safetensors")}}))
+    monkeypatch.setenv(hub.INDEX_ENV, str(index_file))
 
     model = timm.create_model(NAME, pretrained=True).eval()
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(model(x), trained(x))
 
-    registry.write_text(json.dumps({NAME: {**entry, "sha256": "f" * 64}}))
+    index_file.write_text(json.dumps({NAME: {**entry, "sha256": "f" * 64}}))
     with pytest.raises(hub.ChecksumError, match="sha256"):
         timm.create_model(NAME, pretrained=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import importlib.util
 import json
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 
 import lyadeq_zoo as lz
 from lyadeq_zoo.config import ConfigError
-from lyadeq_zoo.hub import CheckpointError
+from lyadeq_zoo.errors import CheckpointError
 from lyadeq_zoo.training import (
     CheckpointWarning,
     EpochBatchSampler,
@@ -124,8 +125,6 @@ def test_fresh_run_refuses_a_used_out_dir(tmp_path: Path) -> None:
 
 
 def test_resume_without_checkpoint(tmp_path: Path) -> None:
-    from lyadeq_zoo.training import CheckpointError
-
     with pytest.raises(CheckpointError, match="no checkpoint"):
         train(tiny_config(epochs=1), tmp_path, resume=True, progress=False)
 
@@ -243,3 +242,25 @@ def test_init_from_bad_source_fails_before_writing(tmp_path: Path) -> None:
     assert not (tmp_path / "arch").exists()
     with pytest.raises(ConfigError, match="train.init_from must be"):
         TrainConfig.from_dict({"init_from": 3})
+
+
+def test_library_imports_never_read_the_half_initialised_package_root() -> None:
+    # ``from .. import __version__`` in a module that lyadeq_zoo/__init__.py imports (through _builtins) only works
+    # while __init__.py happens to bind the name before that import line: the module must import the submodule
+    # that defines the name (``from ..version import __version__``), whatever the order of __init__.py's lines.
+    package = Path(lz.__file__).parent
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        here = parts[:-1]  # the package the module sits in
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = here[: len(here) - node.level + 1] if node.level else ()
+            target = (*base, *(node.module.split(".") if node.module else ()))
+            if target != ("lyadeq_zoo",):
+                continue
+            for alias in node.names:
+                if not ((package / f"{alias.name}.py").is_file() or (package / alias.name).is_dir()):
+                    offenders.append(f"{path.relative_to(package.parent)}:{node.lineno} imports {alias.name!r}")
+    assert not offenders, "import these from the submodule that defines them: " + "; ".join(offenders)

@@ -18,12 +18,16 @@ full result, ``--plot`` the robustness curve.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout
+import torch
+
+from lyadeq_zoo.errors import ConfigError, UnknownComponentError
+from lyadeq_zoo.evaluation import attach_provenance, dataset_name, evaluate, evaluation_data, format_table, write_result
+from lyadeq_zoo.model_source import RandomWeightsWarning, resolve_model
+from lyadeq_zoo.plotting import robustness_curve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,35 +61,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_loudly(spec: str, pretrained: bool | None) -> tuple[torch.nn.Module, dict]:
+    """:func:`resolve_model`, with its random-weights warning turned into a banner on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, source = resolve_model(spec, pretrained=pretrained)
+    for w in caught:
+        if issubclass(w.category, RandomWeightsWarning):
+            print("\n" + "!" * 100 + f"\nWARNING: {w.message}\n" + "!" * 100 + "\n", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return model, source
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import torch
-
-    import lyadeq_zoo as lz
-    from lyadeq_zoo.config import ConfigError
-    from lyadeq_zoo.evaluation import dataset_name, evaluate, format_table, load_model
-    from lyadeq_zoo.registry import UnknownComponentError
-
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model, info = load_model(args.model, pretrained=args.pretrained)
-        for w in caught:
-            message = str(w.message)
-            if "RANDOMLY INITIALISED" in message:
-                print("\n" + "!" * 100 + f"\nWARNING: {message}\n" + "!" * 100 + "\n", file=sys.stderr)
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        model, source = resolve_loudly(args.model, args.pretrained)
         dataset = args.dataset or dataset_name(model)
         if dataset is None:
             raise ValueError(f"{args.model}: its config names no data set; pass --dataset mnist|cifar10|...")
-        data_spec = dict((getattr(model, "config", None) or {}).get("data") or {})
-        options = {k: v for k, v in data_spec.items() if k not in ("type", "split", "root", "download", "limit")}
         root = str(args.data_dir) if args.data_dir is not None else "sample"
-        data = lz.get_component("dataset", dataset)(split=args.split, root=root, limit=args.limit, **options)
+        data, data_record = evaluation_data(model, dataset, split=args.split, root=root, limit=args.limit)
         result = evaluate(
             model,
             data,
@@ -100,17 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UnknownComponentError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result["model"] = {"name": args.model, **info}
-    result["data"] = {"dataset": dataset, "split": args.split, "root": root, "limit": args.limit}
+    attach_provenance(result, model={"name": args.model, **source}, data=data_record)
     print(format_table(result, model_name=args.model))
     print(f"\n{result['n']} images, {result['timing']['total_seconds']:.1f} s on {result['device']}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+        print(f"wrote {write_result(result, args.json)}")
     if args.plot is not None:
-        from lyadeq_zoo.plotting import robustness_curve
-
         print(f"wrote {robustness_curve(result, args.plot)}")
     return 0
 

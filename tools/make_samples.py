@@ -15,22 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
-from lyadeq_zoo.data.readers import (  # noqa: E402
+from lyadeq_zoo.data.readers import (
     cifar10_paths,
     mnist_paths,
     read_cifar10,
     read_mnist,
     save_npy_xz,
 )
-from lyadeq_zoo.data.samples import MANIFEST_NAME, SAMPLES_DIR, sha256_file  # noqa: E402
+from lyadeq_zoo.data.samples import MANIFEST_NAME, SAMPLES_DIR, sha256_file
+
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the default --shared-data sits beside the checkout
 
 # (dataset, split, per_class, seed, pool size or None for the whole split, xz delta distances).
 # Delta filters: measured on these images, plain LZMA2 is smallest for MNIST; for CIFAR-10 (HWC uint8)

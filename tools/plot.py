@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout
+from lyadeq_zoo.plotting import compare_worst_case, robustness_curve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,8 +22,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", nargs="*", default=None, help="one label per result file")
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
-
-    from lyadeq_zoo.plotting import compare_worst_case, robustness_curve
 
     if args.labels and len(args.labels) != len(args.results):
         print(f"error: {len(args.labels)} labels for {len(args.results)} result files", file=sys.stderr)

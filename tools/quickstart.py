@@ -11,15 +11,11 @@ the decrease bound ∇V(z*)ᵀF̂(z*) + c·V(z*) (<= 0 certifies exponential sta
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout too
-
-import lyadeq_zoo as lz  # noqa: E402
-from lyadeq_zoo.stability import stability_report  # noqa: E402
+import lyadeq_zoo as lz
+from lyadeq_zoo.stability import stability_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,8 @@
 
 CONFIG is a YAML path or a zoo model name (``lyadeq_mnist``). DIR receives metrics.jsonl, curves.png,
 checkpoints/ and final/ (a save_pretrained folder). Under ``torchrun --nproc_per_node N`` the processes
-train together with DistributedDataParallel. See docs/training.md.
+train together with DistributedDataParallel. See docs/training.md. Needs lyadeq_zoo installed
+(``pip install -e .``) or on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import importlib
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout
+from lyadeq_zoo.errors import CheckpointError, ConfigError
+from lyadeq_zoo.training import train
+from lyadeq_zoo.training.outputs import default_command
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
@@ -30,13 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         help="import this Python module first (it may register components); repeatable",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = parser.parse_intermixed_args(argv)
+    return parser.parse_intermixed_args(argv)
 
-    import lyadeq_zoo  # noqa: F401  (registers the built-in components)
-    from lyadeq_zoo.config import ConfigError
-    from lyadeq_zoo.training import CheckpointError, train
-    from lyadeq_zoo.training.loop import default_command
 
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     for module in args.plugin:
         importlib.import_module(module)
     try:

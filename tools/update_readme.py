@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+import lyadeq_zoo as lz
+from lyadeq_zoo.registry import registry
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- components:start -->", "<!-- components:end -->"
@@ -16,10 +18,6 @@ START, END = "<!-- components:start -->", "<!-- components:end -->"
 
 def components_table() -> str:
     """A markdown table: one row per component kind with its built-in names."""
-    sys.path.insert(0, str(README.parent))
-    import lyadeq_zoo as lz
-    from lyadeq_zoo.registry import registry
-
     rows = ["| kind | registered names |", "|---|---|"]
     for kind in lz.KINDS:
         reg = registry(kind)

@@ -21,21 +21,13 @@ Gradient attacks take ``grad_mode`` ("ift", "unroll", "phantom" or a backward sp
 DEQ model through another backward than its own (via ``lyadeq_zoo.deq.layer.override_backward``).
 """
 
+from ..errors import AttackNotApplicable
 from .apgd import APGD, apgd_checkpoints
-from .base import (
-    LOSSES,
-    Attack,
-    AttackNotApplicable,
-    attack_loss,
-    create_attack,
-    eps_in_255,
-    margin,
-    paper_steps,
-    parse_eps,
-    project,
-)
-from .gradient import FGSM, IFGSM, PGD, IterativeSignAttack
+from .base import Attack, create_attack
+from .losses import LOSSES, attack_loss, margin
+from .sign_gradient import FGSM, IFGSM, PGD, IterativeSignAttack
 from .square import Square, square_fraction
+from .threat_model import eps_in_255, paper_steps, parse_eps, project
 from .transfer import Transfer
 
 __all__ = [

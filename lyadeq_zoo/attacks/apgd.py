@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from ..registry import register
-from .base import Attack, gradient_mode, input_gradient, project, track_best, uniform_start
+from .base import Attack, track_best
+from .gradients import gradient_mode, input_gradient
+from .threat_model import project, uniform_start
 
 
 def apgd_checkpoints(steps: int) -> list[int]:

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from ..registry import register
-from .base import Attack, margin
+from .base import Attack
+from .losses import margin
 
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 

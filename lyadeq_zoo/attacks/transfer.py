@@ -13,8 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import AttackNotApplicable
+from ..model_source import resolve_model
 from ..registry import register
-from .base import Attack, AttackNotApplicable, create_attack
+from .base import Attack, create_attack
 
 
 @register("attack", "transfer")
@@ -60,10 +62,8 @@ class Transfer(Attack):
         if self._source_model is None:
             if self._source_error is not None:
                 raise AttackNotApplicable(self._source_error)
-            from ..evaluation import load_model
-
             try:
-                model, info = load_model(self.source, pretrained=self.pretrained, require_weights=True)
+                model, _ = resolve_model(self.source, pretrained=self.pretrained, require_weights=True)
             except (FileNotFoundError, LookupError, ValueError, OSError) as err:
                 self._source_error = f"transfer source {self.source!r} cannot be used: {err}"
                 raise AttackNotApplicable(self._source_error) from err

@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -336,7 +337,10 @@ def load_tensors(
 # -- registered data sets -----------------------------------------------------------------------------
 def _make(name: str, doc: str) -> Callable[..., ImageDataset]:
     def dataset(
-        split: str = "test", root: str | None = None, download: bool = False, limit: int | None = None
+        split: Literal["train", "test", "extra"] = "test",
+        root: str | None = None,
+        download: bool = False,
+        limit: int | None = None,
     ) -> ImageDataset:
         return load_dataset(name, split=split, root=root, download=download, limit=limit)
 

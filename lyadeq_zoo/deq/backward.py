@@ -2,9 +2,10 @@
 
 A mode is built from its config spec (constructor arguments = config keys) and called as
 ``mode(f, z0, solve) -> (z_star, info)``, where ``solve(f, z0)`` is the forward solver with its options
-bound (and the solver phase entered, see :mod:`lyadeq_zoo.deq.layer`). The mode runs the forward solve
-itself and attaches the gradient whenever ``torch.is_grad_enabled()`` — in train **and** eval mode, so
-attacks on an eval-mode model get a real input gradient. With grad disabled every mode just solves.
+bound (and the solver phase entered, see :mod:`lyadeq_zoo.deq.layer`); its ``coupled`` attribute says
+whether ``f`` couples samples. The mode runs the forward solve itself and attaches the gradient whenever
+``torch.is_grad_enabled()`` — in train **and** eval mode, so attacks on an eval-mode model get a real input
+gradient. With grad disabled every mode just solves.
 
 **The forward value never depends on the mode**: each returns exactly the solver's ``z_star`` (the gradient
 path is added as ``z_star + (h - h.detach())``), so ``info["rel_residual"]`` is the residual of the tensor
@@ -20,7 +21,7 @@ never logits.
   from ``z*`` with grad; the gradient of the last step is used (a truncated, damped Neumann series of the
   IFT gradient; it tends to the IFT gradient as ``k`` grows).
 * ``unroll`` — the bound forward solver itself runs under autograd, so the gradient is the exact derivative
-  of the computation that produced ``z_star`` (per-sample stopping included). This is the reference
+  of the computation that produced ``z_star`` (its stopping rule included). This is the reference
   gradient for attacks "through the unrolled solver"; memory grows with the number of iterations.
 """
 
@@ -33,7 +34,7 @@ import torch
 
 from ..config import validate_component
 from ..registry import get_component, register
-from .solvers import Map, SolverResult, solver_phase
+from .solvers import Map, SolverResult, run_solver, solver_phase
 
 Solve = Callable[[Map, torch.Tensor], SolverResult]
 
@@ -54,8 +55,10 @@ class IFT:
             None), any registered solver with its options.
 
     After each backward pass, ``last_backward_info`` holds the adjoint solver's info (per-sample
-    ``nstep``, ``rel_residual``, ``converged``...). The hook handles any number of backward passes over
-    one graph (``retain_graph=True``); double backward is not supported.
+    ``nstep``, ``rel_residual``, ``converged``...). When the forward map couples samples (``solve.coupled``,
+    see :class:`lyadeq_zoo.deq.layer.BoundSolve`), so does ``J_fᵀ``, and the adjoint solve uses whole-batch
+    stopping as the forward did. The hook handles any number of backward passes over one graph
+    (``retain_graph=True``); double backward is not supported.
     """
 
     def __init__(self, solver: dict[str, Any] | None = None) -> None:
@@ -71,6 +74,8 @@ class IFT:
             return solve(f, z0)
         with torch.no_grad():
             z_star, info = solve(f, z0)
+        # A map that couples samples has a Jacobian that couples them too: the adjoint solve follows suit.
+        coupled = bool(getattr(solve, "coupled", False))
         z_in = z_star.detach().requires_grad_()
         fz = f(z_in)
         if not fz.requires_grad:  # nothing upstream needs a gradient
@@ -89,7 +94,7 @@ class IFT:
                 (vjp,) = torch.autograd.grad(fz, z_in, u, retain_graph=True)
                 return vjp + grad
 
-            u, adj_info = self._solver(adjoint_map, torch.zeros_like(grad), **self._options)
+            u, adj_info = run_solver(self._solver, adjoint_map, torch.zeros_like(grad), self._options, coupled=coupled)
             self.last_backward_info = adj_info
             return u.detach()
 

@@ -17,8 +17,9 @@ the map being solved would change during the solve. Our treatment (:class:`Fixed
   buffers. For a fixed batch ``x`` this is one fixed map of the whole batch state ``Z -> f(Z, X)``, the same
   at every solver iteration and at the final differentiable application (so IFT / phantom gradients see
   the map that was solved), and gradients flow through the batch statistics as in ordinary BN training.
-  Samples are coupled through the statistics, so the solver must evaluate f on the whole batch (it does:
-  per-sample stopping only freezes a converged sample's iterate, the batch is always evaluated whole).
+  Samples are coupled through the statistics, so the solver must treat the batch as one state: the DEQ
+  layer sees the BatchNorm in train mode and runs the solver with whole-batch stopping (no sample frozen, one
+  iterate returned for all samples), so the reported residuals are those of the returned batch.
 * **running statistics** are updated exactly once per model forward, from the equilibrium: the model calls
   :meth:`PaperMLPCell.update_running_stats` with ``(z*, x)`` after the solve (no grad). So the eval-mode
   statistics describe the states the network is actually at, not the solver's transients.
@@ -30,6 +31,8 @@ all, at the price of departing from the paper; ``norm: none`` drops normalisatio
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +93,13 @@ class PaperMLPCell(nn.Module):
 
     __lyadeq_zoo_supplied__ = ("width",)
 
-    def __init__(self, width: int, hidden: int | None = None, norm: str = "batch", out_scale: float = 0.1):
+    def __init__(
+        self,
+        width: int,
+        hidden: int | None = None,
+        norm: Literal["batch", "layer", "none"] = "batch",
+        out_scale: float = 0.1,
+    ):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"paper_mlp norm must be one of {', '.join(NORMS)}, got {norm!r}")

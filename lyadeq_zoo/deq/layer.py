@@ -4,8 +4,17 @@
 and ``f = lambda z: cell(z, x)``. ``x`` is the injection, ``(N, width)`` for vector cells or
 ``(N, C, H, W)`` for convolutional ones; ``z_star`` has its shape. ``info`` holds the solver's per-sample
 ``nstep``, ``rel_residual``, ``abs_residual``, ``converged`` (all ``(N,)``) and ``n_f_evals`` (0-dim),
-measured at the returned ``z_star`` (see :mod:`lyadeq_zoo.deq.solvers`). The last forward's info is also
-kept in ``layer.last_info``.
+true at the returned ``z_star`` as a whole batch (see :mod:`lyadeq_zoo.deq.solvers`). The last forward's
+info is also kept in ``layer.last_info``.
+
+Cells that couple samples
+-------------------------
+With BatchNorm normalising with batch statistics (train mode), ``f(z)[i]`` depends on every ``z[j]``:
+freezing converged samples, or returning samples taken from different iterations, would change the very
+residuals being reported. Every forward the layer asks :func:`couples_samples` whether the cell couples
+samples and runs the solver accordingly (:func:`lyadeq_zoo.deq.solvers.run_solver`): per-sample stopping
+for a per-sample map (eval mode, ``norm: layer | none``), whole-batch stopping with one returned iterate
+when coupled. The ``ift`` adjoint solve follows the forward (its map is coupled too).
 
 Solver phase (for BatchNorm and other stateful cells)
 -----------------------------------------------------
@@ -26,7 +35,8 @@ exit. Neither changes ``model.config``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -34,9 +44,54 @@ from torch import nn
 
 from ..config import validate_component
 from ..registry import build_component, get_component
-from .solvers import SolverResult, in_solver_phase, solver_phase
+from .solvers import Map, SolverResult, in_solver_phase, run_solver, solver_phase
 
-__all__ = ["DEQLayer", "in_solver_phase", "override_backward", "override_solver", "solver_phase"]
+__all__ = [
+    "BoundSolve",
+    "DEQLayer",
+    "couples_samples",
+    "in_solver_phase",
+    "override_backward",
+    "override_solver",
+    "solver_phase",
+]
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def couples_samples(cell: nn.Module) -> bool:
+    """Whether ``cell(z, x)[i]`` may depend on the other samples of the batch, in the cell's current mode.
+
+    A cell can say so itself with a ``couples_samples`` attribute (bool, or a property); otherwise it couples
+    iff it holds a BatchNorm that normalises with batch statistics: one in train mode, or one without
+    running statistics (``track_running_stats=False``) in any mode. LayerNorm, GroupNorm and InstanceNorm
+    are per sample.
+    """
+    declared = getattr(cell, "couples_samples", None)
+    if declared is not None:
+        return bool(declared)
+    return any(
+        isinstance(module, _BATCH_NORMS) and (module.training or module.running_mean is None)
+        for module in cell.modules()
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundSolve:
+    """What a backward mode receives as ``solve``: ``solve(f, z0) -> (z_star, info)``.
+
+    The layer's forward solver with its ``options`` bound, run inside :func:`solver_phase` through
+    :func:`lyadeq_zoo.deq.solvers.run_solver`. ``coupled``: whether ``f`` couples samples (read by ``ift`` for
+    its adjoint solve).
+    """
+
+    solver: Callable[..., SolverResult]
+    options: Mapping[str, Any]
+    coupled: bool
+
+    def __call__(self, f: Map, z0: torch.Tensor) -> SolverResult:
+        with solver_phase():
+            return run_solver(self.solver, f, z0, self.options, coupled=self.coupled)
 
 
 class DEQLayer(nn.Module):
@@ -60,8 +115,9 @@ class DEQLayer(nn.Module):
         spec = dict(spec)
         validate_component("solver", spec, ("solver",))
         self.solver_spec = spec
-        self._solver_fn = get_component("solver", spec["type"])
-        self._solver_options = {key: value for key, value in spec.items() if key != "type"}
+        solver = get_component("solver", spec["type"])
+        options = {key: value for key, value in spec.items() if key != "type"}
+        self._bound = {coupled: BoundSolve(solver, options, coupled) for coupled in (False, True)}
 
     def _set_backward(self, spec: dict[str, Any]) -> None:
         spec = dict(spec)
@@ -69,10 +125,9 @@ class DEQLayer(nn.Module):
         self.backward_spec = spec
         self.backward_mode = build_component("backward", spec)
 
-    def solve(self, f: Any, z0: torch.Tensor) -> SolverResult:
-        """The forward solver with its options bound, run inside the solver phase."""
-        with solver_phase():
-            return self._solver_fn(f, z0, **self._solver_options)
+    def solve(self, f: Map, z0: torch.Tensor) -> SolverResult:
+        """The forward solver with its options bound, run inside the solver phase, for the cell's mode."""
+        return self._bound[couples_samples(self.cell)](f, z0)
 
     # -- forward ------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -82,7 +137,7 @@ class DEQLayer(nn.Module):
         def f(z: torch.Tensor) -> torch.Tensor:
             return self.cell(z, x)
 
-        z_star, info = self.backward_mode(f, z0, self.solve)
+        z_star, info = self.backward_mode(f, z0, self._bound[couples_samples(self.cell)])
         self.last_info = info
         return z_star, info
 

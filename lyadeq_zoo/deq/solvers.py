@@ -1,38 +1,59 @@
 """Batched fixed-point solvers (kind ``solver``): ``anderson``, ``broyden``, ``naive``.
 
-Every solver has the signature ``solve(f, z0, /, *, max_iter, tol, <named options>) -> (z_star, info)``:
+Every solver has the signature
+``solve(f, z0, /, *, max_iter, tol, coupled=False, <named options>) -> (z_star, info)``:
 
 * ``f`` maps a batch of states to a batch of states of the same shape ``(N, *)``; ``z0`` is the start.
-  The batch is always evaluated whole (``f`` may couple samples, e.g. through BatchNorm statistics).
+  The batch is always evaluated whole.
 * ``max_iter`` is the budget of ``f`` evaluations. ``tol`` is the per-sample relative residual
   ``||f(z) - z|| / (||f(z)|| + 1e-8)`` (norms over all non-batch dims) at which a sample counts as converged.
-* **Per-sample stopping.** A converged sample is frozen: its iterate stops changing (masked with
-  ``torch.where``; no Python loop over samples) while the others go on. The loop ends when every sample
-  has converged or the budget is spent. Stopping needs one host sync per iteration (reading the counts
-  of converged and improved samples together; the counts also let the all-active / all-improved cases
-  skip the masking); it is the only one in the anderson and naive loops (broyden adds one for its
-  restart test). On CPU it is free, on a GPU a few microseconds per iteration.
-* **What is returned.** Per sample, the iterate with the lowest relative residual among those whose
-  residual was measured (for a converged sample that is the point where it converged). The residual in
-  ``info`` is the one measured *at the returned point*: the solver returns the evaluated point ``z_k``,
-  not the extra step ``f(z_k)`` (whose residual was never measured). A sample that did not converge is
-  returned as it is, with ``converged`` False and its true residual.
-* ``info`` (all detached): ``nstep`` (N,) int64, the number of ``f`` evaluations the solver had made when
-  it measured the residual of the returned point (1 means ``z0`` itself); ``rel_residual`` and
-  ``abs_residual`` (N,) in the dtype of ``z0``; ``converged`` (N,) bool; ``n_f_evals`` 0-dim int64, the
-  total number of (batched) ``f`` evaluations.
+* ``coupled`` says whether ``f(z)[i]`` may depend on the other samples ``z[j]`` (BatchNorm with batch
+  statistics does that). The DEQ layer sets it from its cell (it is not a config key); it selects one of
+  two stopping rules:
+
+  - ``coupled=False`` (**per-sample stopping**, for per-sample maps). A converged sample is frozen: its
+    iterate stops changing (masked with ``torch.where``; no Python loop over samples) while the others go
+    on. Per sample, the iterate with the lowest relative residual is returned (for a converged sample the
+    point where it converged), so samples of the returned batch may come from different iterations. That
+    is exact only because ``f`` is per sample: a sample's residual does not depend on where the others are.
+  - ``coupled=True`` (**whole-batch stopping**). No sample is frozen: every sample moves at every
+    iteration, the loop ends at the first iterate at which every sample has converged, and one iterate is
+    returned for the whole batch: the one whose worst relative residual is the lowest (NaN counts as
+    +inf). Each sample's residual was measured on that very batch, so it is the true residual there.
+
+  The loop ends when every sample has converged or the budget is spent. Stopping needs one host sync per
+  iteration (reading the counts of converged and improved samples together; the counts also let the
+  all-active / all-improved cases skip the masking); it is the only one in the anderson and naive loops
+  (broyden adds one for its restart test). On CPU it is free, on a GPU a few microseconds per iteration.
+* **What is returned.** The evaluated point ``z_k`` whose residual was measured, not the extra step
+  ``f(z_k)`` (whose residual never was): the residuals in ``info`` are those *of the returned point*, and
+  no extra ``f`` evaluation is needed to report them. A sample that did not converge is returned as it
+  is, with ``converged`` False and its true residual.
+* ``info`` (all detached): ``nstep`` (N,) int64, the **index of the returned iterate** counted in ``f``
+  evaluations (1 means ``z0`` itself, k means the point whose residual the k-th evaluation measured), not
+  the iterations spent; the iterations spent by the batch are ``n_f_evals``, 0-dim int64, the total number
+  of (batched) ``f`` evaluations, and every sample goes through all of them (the batch is evaluated whole).
+  In per-sample mode a converged sample's ``nstep`` is also the evaluation after which it stopped moving
+  (it is frozen from there on); with ``coupled=True`` ``nstep`` is the same for every sample.
+  ``rel_residual`` and ``abs_residual`` (N,) in the dtype of ``z0``; ``converged`` (N,) bool,
+  ``rel_residual <= tol`` at the returned point.
 * dtype and device follow ``z0`` (float32 and float64 are tested).
 * **Autograd.** Solvers are differentiable: when autograd is on and ``f``'s output requires grad, every
   operation is recorded (history buffers are updated out of place), so the ``unroll`` backward mode can
   backpropagate through the very iterations that produced ``z_star``. Otherwise buffers are updated in
   place. Run under ``torch.no_grad()`` when no gradient is wanted.
+
+:func:`run_solver` runs any registered solver (plugins without a ``coupled`` option included) so that its
+``info`` is true at the returned batch; the DEQ layer and the ``ift`` adjoint solve use it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -41,7 +62,7 @@ from ..registry import register
 Map = Callable[[torch.Tensor], torch.Tensor]
 SolverResult = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
-RESIDUAL_EPS = 1e-8  # the "+ 1e-8" of the relative residual (DESIGN.md)
+RESIDUAL_EPS = 1e-8  # the "+ 1e-8" of the relative residual
 
 _SOLVER_PHASE: contextvars.ContextVar[bool] = contextvars.ContextVar("lyadeq_zoo_solver_phase", default=False)
 
@@ -74,6 +95,50 @@ def residuals(z: torch.Tensor, fz: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     with torch.no_grad():
         diff = (fz - z).reshape(z.shape[0], -1).norm(dim=1)
         return diff, diff / (fz.reshape(z.shape[0], -1).norm(dim=1) + RESIDUAL_EPS)
+
+
+def _parameters(solver: Callable[..., SolverResult]) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(solver).parameters
+    except (TypeError, ValueError):  # no introspectable signature: treat as taking no named options
+        return {}
+
+
+def takes_coupled(solver: Callable[..., SolverResult]) -> bool:
+    """Whether ``solver`` has a ``coupled`` keyword (the built-in solvers do; a plugin solver may not)."""
+    return "coupled" in _parameters(solver)
+
+
+def run_solver(
+    solver: Callable[..., SolverResult], f: Map, z0: torch.Tensor, options: Mapping[str, Any], *, coupled: bool
+) -> SolverResult:
+    """``solver(f, z0, **options)`` with an ``info`` that is true at the returned batch.
+
+    ``coupled``: whether ``f(z)[i]`` may depend on other samples. False: the solver runs as given (per-sample
+    stopping; exact for a per-sample map). True: a solver with a ``coupled`` keyword gets ``coupled=True``
+    (whole-batch stopping, one iterate returned: its residuals are exact); for one without, ``rel_residual``,
+    ``abs_residual`` and ``converged`` (``rel_residual <= tol``, ``tol`` from ``options`` or the solver's
+    default; dropped if the solver has no ``tol``) are measured again at the returned batch with one extra
+    ``f`` evaluation under no grad, counted in ``n_f_evals``. Call it inside :func:`solver_phase` where that
+    matters (the DEQ layer does).
+    """
+    if not coupled:
+        return solver(f, z0, **options)
+    if takes_coupled(solver):
+        return solver(f, z0, **options, coupled=True)
+    z_star, info = solver(f, z0, **options)
+    with torch.no_grad():
+        z = z_star.detach()
+        abs_r, rel_r = residuals(z, f(z))
+    info = {**info, "rel_residual": rel_r, "abs_residual": abs_r}
+    tol = options.get("tol", getattr(_parameters(solver).get("tol"), "default", inspect.Parameter.empty))
+    if tol is not inspect.Parameter.empty:
+        info["converged"] = rel_r <= tol
+    else:  # a flag that cannot be checked again is dropped rather than reported possibly false
+        info.pop("converged", None)
+    if isinstance(info.get("n_f_evals"), torch.Tensor):
+        info["n_f_evals"] = info["n_f_evals"] + 1
+    return z_star, info
 
 
 def _check_args(name: str, z0: torch.Tensor, max_iter: int, tol: float) -> None:
@@ -154,11 +219,24 @@ def _row_dots(vec: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return torch.bmm(vec.unsqueeze(1), rows.transpose(1, 2)).squeeze(1)
 
 
-class _Tracker:
-    """Best iterate per sample, its residuals and step, and the converged/active masks."""
+def _worst(rel_r: torch.Tensor) -> torch.Tensor:
+    """The batch's worst relative residual (0-dim), NaN counted as +inf."""
+    return rel_r.nan_to_num(nan=float("inf"), posinf=float("inf")).max()
 
-    def __init__(self, z: torch.Tensor, abs_r: torch.Tensor, rel_r: torch.Tensor, tol: float) -> None:
+
+class _Tracker:
+    """The iterate to return, its residuals and step, and the converged/active masks.
+
+    Per-sample mode (``coupled=False``): the best iterate per sample; converged samples are frozen.
+    Whole-batch mode (``coupled=True``): the best batch iterate (lowest worst-sample residual); nothing is
+    frozen, and ``converged`` holds the flags of that iterate.
+    """
+
+    def __init__(
+        self, z: torch.Tensor, abs_r: torch.Tensor, rel_r: torch.Tensor, tol: float, coupled: bool = False
+    ) -> None:
         self.tol = tol
+        self.coupled = coupled
         self.batch = z.shape[0]
         self.best_z = z
         self.best_abs = abs_r
@@ -167,6 +245,10 @@ class _Tracker:
         self.converged = rel_r <= tol
         self.n_converged = int(self.converged.sum())
         self.n_evals = 1
+        if coupled:
+            self.best_worst = _worst(rel_r)
+            self._everyone = torch.ones_like(self.converged)
+            self._no_one = torch.zeros_like(self.converged)
 
     def update(self, z: torch.Tensor, abs_r: torch.Tensor, rel_r: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Record the newly evaluated iterate ``z``; returns the per-sample ``improved`` mask and its count.
@@ -174,6 +256,8 @@ class _Tracker:
         One host sync (the two counts), which also serves the stopping test.
         """
         self.n_evals += 1
+        if self.coupled:
+            return self._update_batch(z, abs_r, rel_r)
         # NaN residuals compare False, so a non-finite iterate never becomes the best one.
         improved = rel_r < self.best_rel
         self.converged = self.converged | (rel_r <= self.tol)
@@ -188,18 +272,34 @@ class _Tracker:
             self.best_step = self.best_step.masked_fill(improved, self.n_evals)
         return improved, n_improved
 
+    def _update_batch(self, z: torch.Tensor, abs_r: torch.Tensor, rel_r: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Whole-batch mode: ``z`` replaces the returned iterate iff its worst residual is lower."""
+        worst = _worst(rel_r)
+        converged = rel_r <= self.tol
+        better, n_converged = torch.stack((worst < self.best_worst, converged.sum())).tolist()
+        if not better:
+            return self._no_one, 0
+        self.best_z, self.best_abs, self.best_rel, self.best_worst = z, abs_r, rel_r, worst
+        self.best_step = torch.full_like(self.best_step, self.n_evals)
+        self.converged, self.n_converged = converged, n_converged
+        return self._everyone, self.batch
+
     def select_active(self, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
         """``new`` for the samples still iterating, ``old`` (frozen) for the converged ones."""
-        if self.n_converged == 0:
+        if self.n_converged == 0 or self.coupled:
             return new
         return _select(self.active, self.n_active, new, old)
 
     @property
     def active(self) -> torch.Tensor:
-        return ~self.converged
+        """The samples that still move: the unconverged ones, or (whole-batch mode) every sample."""
+        return self._everyone if self.coupled else ~self.converged
 
     @property
     def n_active(self) -> int:
+        """``active.sum()``; 0 once the loop should stop (every sample converged at one iterate)."""
+        if self.coupled:
+            return 0 if self.n_converged == self.batch else self.batch
         return self.batch - self.n_converged
 
     def result(self, shape: torch.Size) -> SolverResult:
@@ -218,7 +318,16 @@ def _tracking(fz: torch.Tensor, z0: torch.Tensor) -> bool:
 
 
 @register("solver", "naive")
-def naive(f: Map, z0: torch.Tensor, /, *, max_iter: int = 50, tol: float = 1e-4, damping: float = 0.0) -> SolverResult:
+def naive(
+    f: Map,
+    z0: torch.Tensor,
+    /,
+    *,
+    max_iter: int = 50,
+    tol: float = 1e-4,
+    damping: float = 0.0,
+    coupled: bool = False,
+) -> SolverResult:
     """Damped fixed-point iteration ``z_{k+1} = (1 - damping) f(z_k) + damping z_k``.
 
     Args:
@@ -227,8 +336,10 @@ def naive(f: Map, z0: torch.Tensor, /, *, max_iter: int = 50, tol: float = 1e-4,
         max_iter: budget of ``f`` evaluations.
         tol: per-sample relative residual threshold.
         damping: weight kept on the previous iterate, in ``[0, 1)``; 0 is plain iteration.
+        coupled: ``f`` couples samples: stop on the whole batch and return one iterate for all samples.
 
-    Returns ``(z_star, info)`` as described in the module docstring (best iterate per sample).
+    Returns ``(z_star, info)`` as described in the module docstring (best iterate per sample, or the best
+    batch iterate with ``coupled=True``).
     """
     _check_args("naive", z0, max_iter, tol)
     if not 0.0 <= damping < 1.0:
@@ -237,7 +348,7 @@ def naive(f: Map, z0: torch.Tensor, /, *, max_iter: int = 50, tol: float = 1e-4,
     fn = _flat_map(f, shape)
     z = z0.reshape(shape[0], -1)
     fz = fn(z)
-    state = _Tracker(z, *_residuals_from(fz - z, fz), tol)
+    state = _Tracker(z, *_residuals_from(fz - z, fz), tol, coupled)
     for _ in range(1, int(max_iter)):
         if state.n_active == 0:
             break
@@ -259,8 +370,9 @@ def anderson(
     m: int = 5,
     beta: float = 1.0,
     lam: float = 1e-4,
+    coupled: bool = False,
 ) -> SolverResult:
-    """Anderson acceleration (type II), batched, with per-sample stopping.
+    """Anderson acceleration (type II), batched, with per-sample (or, ``coupled``, whole-batch) stopping.
 
     Keeps the last ``m`` pairs ``(f(z_i), g_i = f(z_i) - z_i)``. Each step finds weights ``alpha``
     (summing to 1) minimising ``||sum_i alpha_i g_i||² + reg ||alpha||²`` by solving the bordered
@@ -278,8 +390,10 @@ def anderson(
         m: history size (>= 1; 1 is plain damped iteration).
         beta: mixing parameter in ``(0, 1]``; 1 takes the mixed ``f`` values.
         lam: relative Tikhonov regulariser of the least-squares problem (>= 0).
+        coupled: ``f`` couples samples: stop on the whole batch and return one iterate for all samples.
 
-    Returns ``(z_star, info)`` as described in the module docstring (best iterate per sample).
+    Returns ``(z_star, info)`` as described in the module docstring (best iterate per sample, or the best
+    batch iterate with ``coupled=True``).
     """
     _check_args("anderson", z0, max_iter, tol)
     if int(m) < 1:
@@ -297,7 +411,7 @@ def anderson(
     g = fz - z
     track = _tracking(fz, z0)
     gg = (g * g).sum(dim=1)
-    state = _Tracker(z, *_residuals_from_sq(gg, fz), tol)
+    state = _Tracker(z, *_residuals_from_sq(gg, fz), tol, coupled)
 
     dtype, device = z.dtype, z.device
     # History in a ring of m slots (slots fill in order, so the first min(k, m) are the valid ones):
@@ -363,6 +477,7 @@ def broyden(
     tol: float = 1e-4,
     m: int = 30,
     restart_ratio: float = 1e3,
+    coupled: bool = False,
 ) -> SolverResult:
     """Limited-memory "good" Broyden root finding on ``g(z) = f(z) - z``, batched.
 
@@ -371,7 +486,8 @@ def broyden(
     Broyden update adds one pair per step. No line search. Robustness: a pair whose denominator is tiny or
     non-finite is not added; a non-finite step is replaced by the plain step; and a sample whose relative
     residual grows above ``restart_ratio`` times its best one forgets its memory and restarts with a plain
-    step from its best point.
+    step from its best point (with ``coupled=True`` the whole batch restarts from the best batch iterate,
+    so that every sample stays on one iterate).
 
     Args:
         f: the map, ``(N, *) -> (N, *)``.
@@ -380,8 +496,10 @@ def broyden(
         tol: per-sample relative residual threshold.
         m: number of rank-one updates kept.
         restart_ratio: residual growth (relative to the best so far) that triggers a restart (> 1).
+        coupled: ``f`` couples samples: stop on the whole batch and return one iterate for all samples.
 
-    Returns ``(z_star, info)`` as described in the module docstring (best iterate per sample).
+    Returns ``(z_star, info)`` as described in the module docstring (best iterate per sample, or the best
+    batch iterate with ``coupled=True``).
     """
     _check_args("broyden", z0, max_iter, tol)
     if int(m) < 1:
@@ -396,7 +514,7 @@ def broyden(
     fz = fn(z)
     g = fz - z
     track = _tracking(fz, z0)
-    state = _Tracker(z, *_residuals_from(g, fz), tol)
+    state = _Tracker(z, *_residuals_from(g, fz), tol, coupled)
     best_fz = fz
 
     # Inverse Jacobian of g ≈ -I + sum_j u_j v_jᵀ, pairs stored as rows of U and V, shape (B, m, d).
@@ -439,6 +557,8 @@ def broyden(
         U[:, slot] = torch.where(add, u, 0.0)
         V[:, slot] = torch.where(add, v, 0.0)
         if bool(blowup.any()):  # forget the memory, restart from the best point with a plain step
+            if coupled:  # the best point is one batch iterate (and best_fz is f of that whole batch)
+                blowup = state.active
             keep = (~blowup).to(z.dtype)[:, None, None]
             U, V = U * keep, V * keep
             z = torch.where(blowup[:, None], state.best_z, z_new)
@@ -447,3 +567,7 @@ def broyden(
             z, fz = z_new, fz_new
         g = fz - z
     return state.result(shape)
+
+
+for _solver in (naive, anderson, broyden):
+    _solver.__lyadeq_zoo_supplied__ = ("coupled",)  # set by the DEQ layer from its cell, not a config key

@@ -22,7 +22,6 @@ warning that says so.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -33,7 +32,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+from ..errors import CheckpointError
+from ..fileio import fsync_dir, sha256_file, write_synced
 
 FORMAT = "lyadeq_zoo.train_checkpoint/1"
 MANIFEST = "manifest.json"
@@ -42,47 +45,8 @@ TENSOR_FILES = ("model", "optimizer", "rng")
 _NAME = re.compile(r"^step-(\d{9,})$")
 
 
-class CheckpointError(RuntimeError):
-    """No usable checkpoint where one was expected (the message lists what was tried)."""
-
-
 class CheckpointWarning(UserWarning):
     """A damaged checkpoint was skipped in favour of an older one."""
-
-
-# -- low-level atomic I/O ---------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file in the same directory + fsync + os.replace)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 # -- (de)flattening optimizer state ------------------------------------------------------------------
@@ -123,6 +87,7 @@ def _cpu_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 # -- checkpoints ------------------------------------------------------------------------------------
 def checkpoint_name(global_step: int) -> str:
+    """The folder name of the checkpoint taken after ``global_step`` optimizer steps (``step-000001200``)."""
     return f"step-{global_step:09d}"
 
 
@@ -146,23 +111,20 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    files: dict[str, dict[str, Any]] = {}
     for name in TENSOR_FILES:
-        path = tmp / f"{name}.safetensors"
-        save_file(_cpu_tensors(tensors.get(name, {})), str(path), metadata={"format": FORMAT})
-        _fsync_file(path)
-    (tmp / STATE).write_text(json.dumps(state, indent=1, sort_keys=True, allow_nan=True), encoding="utf-8")
-    _fsync_file(tmp / STATE)
-    for path in sorted(tmp.iterdir()):
-        files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        content = safetensors_bytes(_cpu_tensors(tensors.get(name, {})), metadata={"format": FORMAT})
+        write_synced(tmp / f"{name}.safetensors", content)
+    write_synced(tmp / STATE, json.dumps(state, indent=1, sort_keys=True, allow_nan=True).encode("utf-8"))
+    files = {
+        path.name: {"bytes": path.stat().st_size, "sha256": sha256_file(path)} for path in sorted(tmp.iterdir())
+    }
     manifest = {"format": FORMAT, "global_step": global_step, "files": files}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
-    _fsync_file(tmp / MANIFEST)
-    _fsync_dir(tmp)
+    write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
+    fsync_dir(tmp)
     if final.exists():  # a stale copy (e.g. a run resumed from an older checkpoint): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     return final
 
 
@@ -188,7 +150,7 @@ def verify_checkpoint(path: Path) -> str | None:
         size = file.stat().st_size
         if size != meta["bytes"]:
             return f"{name} has {size} bytes, the manifest says {meta['bytes']} (truncated?)"
-        if _sha256(file) != meta["sha256"]:
+        if sha256_file(file) != meta["sha256"]:
             return f"{name} does not match its sha256 in the manifest (corrupted)"
     return None
 

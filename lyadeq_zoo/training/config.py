@@ -7,15 +7,16 @@ count per data set lives in ``configs/<dataset>/_base.yaml`` (MNIST 10, SVHN 40,
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from ..config import ConfigError, register_section, validate_component
+from ..config import ConfigError, check_value, register_section, validate_component
 
-SCHEDULERS = ("cosine", "constant")
-AUGMENTATIONS = ("none", "crop_flip", "flip")
-DEVICES = ("auto", "cpu", "cuda")
+Scheduler = Literal["cosine", "constant"]
+Augmentation = Literal["none", "crop_flip", "flip"]
+Device = Literal["auto", "cpu", "cuda"]
 
 # Keys that may change when a run is resumed: they touch bookkeeping, evaluation or the hardware, never
 # the sequence of weights on a given device. Everything else (including train.epochs, which sets the
@@ -51,11 +52,11 @@ class TrainConfig:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
-    scheduler: str = "cosine"  # cosine annealing per step down to min_lr, or constant
+    scheduler: Scheduler = "cosine"  # cosine annealing per step down to min_lr, or constant
     min_lr: float = 0.0
     grad_clip: float | None = None  # max global gradient norm, None = off
     objective: dict[str, Any] = field(default_factory=lambda: {"type": "ce"})
-    augment: str = "none"  # none | flip | crop_flip (pad 4 + random 32-crop + horizontal flip)
+    augment: Augmentation = "none"  # none | flip | crop_flip (pad 4 + random 32-crop + horizontal flip)
     seed: int = 0
     checkpoint_every_steps: int = 500  # 0 = only at the end of each epoch
     keep_last: int = 3
@@ -64,12 +65,13 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast, on CUDA only (ignored on CPU)
     channels_last: bool = False  # CUDA only
     data_on_device: bool = True  # keep the uint8 split on the GPU when it fits
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = "auto"
     sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only; see docs/training.md before enabling)
     find_unused_parameters: bool = False  # passed to DistributedDataParallel
     limit_train: int | None = None  # first N training images (tiny runs)
     limit_test: int | None = None  # first N test images for per-epoch and final evaluation
-    final_eval: Any = "paper"  # attack suite for lz.evaluate at the end: a suite name, a file, or None
+    # Attack suite for lz.evaluate at the end: a suite name or file, a suite mapping, a list of attack specs, or None.
+    final_eval: str | dict[str, Any] | list[dict[str, Any]] | None = "paper"
     # Starting weights (fine-tuning): a zoo name with pretrained weights, a save_pretrained folder or a
     # .safetensors file, loaded strictly before the first step. A resumed run takes its checkpoint's.
     init_from: str | None = None
@@ -77,6 +79,12 @@ class TrainConfig:
     @classmethod
     def keys(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def option_types(cls) -> dict[str, Any]:
+        """``{option: annotation}`` in field order: the schema that ``train:`` values are checked against."""
+        hints = typing.get_type_hints(cls, include_extras=True)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
     @classmethod
     def from_dict(cls, section: Mapping[str, Any] | None) -> TrainConfig:
@@ -90,47 +98,31 @@ class TrainConfig:
         return cfg
 
     def _check(self) -> None:
-        def positive_int(name: str, allow_zero: bool = False, allow_none: bool = False) -> None:
-            value = getattr(self, name)
-            if value is None and allow_none:
-                return
-            ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-            if not ok:
-                kind = "a non-negative" if allow_zero else "a positive"
-                null = " or null" if allow_none else ""
-                raise ConfigError(f"train.{name} must be {kind} integer{null}, got {value!r}")
-
-        for name in ("epochs", "batch_size", "eval_batch_size", "keep_last", "log_every_steps"):
-            positive_int(name)
-        for name in ("checkpoint_every_steps", "eval_every_epochs", "seed"):
-            positive_int(name, allow_zero=True)
-        for name in ("limit_train", "limit_test"):
-            positive_int(name, allow_none=True)
-        for name in ("lr", "weight_decay", "min_lr"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"train.{name} must be a non-negative number, got {value!r}")
-            setattr(self, name, float(value))
-        if (
-            not isinstance(self.betas, (list, tuple))
-            or len(self.betas) != 2
-            or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)
-        ):
-            raise ConfigError(f"train.betas must be two numbers in [0, 1), got {self.betas!r}")
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
-        if self.grad_clip is not None and (not isinstance(self.grad_clip, (int, float)) or self.grad_clip <= 0):
-            raise ConfigError(f"train.grad_clip must be a positive number or null, got {self.grad_clip!r}")
-        for name, allowed in (("scheduler", SCHEDULERS), ("augment", AUGMENTATIONS), ("device", DEVICES)):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"train.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("amp", "channels_last", "data_on_device", "sync_bn", "find_unused_parameters"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
             raise ConfigError(
                 "train.init_from must be a zoo name with pretrained weights, a save_pretrained folder or a "
                 f".safetensors file, or null; got {self.init_from!r}"
             )
+        for name, annotation in self.option_types().items():
+            check_value(getattr(self, name), annotation, f"train.{name}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "keep_last", "log_every_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("checkpoint_every_steps", "eval_every_epochs", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be a non-negative integer, got {getattr(self, name)!r}")
+        for name in ("limit_train", "limit_test"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be a positive integer or null, got {getattr(self, name)!r}")
+        for name in ("lr", "weight_decay", "min_lr"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be a non-negative number, got {getattr(self, name)!r}")
+            setattr(self, name, float(getattr(self, name)))
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"train.betas must be two numbers in [0, 1), got {self.betas!r}")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"train.grad_clip must be a positive number or null, got {self.grad_clip!r}")
         validate_component("objective", self.objective, ("train", "objective"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,7 +131,7 @@ class TrainConfig:
         return out
 
 
-register_section("train", TrainConfig.keys)
+register_section("train", TrainConfig.option_types)
 
 
 # -- resume compatibility -------------------------------------------------------------------------------

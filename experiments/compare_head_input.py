@@ -5,7 +5,7 @@ and each model variant, train from the same seed on the full MNIST training set 
 ``--epochs`` epochs, one CPU thread) and report clean test accuracy on the 10,000 test images, plus the
 mean solver steps and the share of test samples whose Lyapunov decrease is certified (<= 1e-5).
 
-    OMP_NUM_THREADS=1 python tools/compare_head_input.py --data-dir ../shared/data --json out.json
+    OMP_NUM_THREADS=1 python experiments/compare_head_input.py --data-dir ../shared/data --json out.json
 
 This is a choice-of-default experiment, not a benchmark: one short run per setting.
 

@@ -1,14 +1,16 @@
-"""Sign-gradient l_inf attacks: FGSM, I-FGSM (Kurakin et al. 2017) and PGD (Madry et al. 2018).
+"""Sign-gradient l_inf attacks: FGSM, I-FGSM (Kurakin et al. 2017) and PGD (Madry et al. 2018), and their step loop.
 
 One step is ``x <- Clip_{x, eps}(x + alpha * sign(grad_x L(model(x), y)))`` followed by a clip to
-``[0, 1]``. I-FGSM starts at ``x``; PGD starts at a uniform random point of the eps-ball. With the
+``[0, 1]`` (:func:`sign_gradient_ascent`, also the inner maximisation of the TRADES and PGD-AT training
+objectives). I-FGSM starts at ``x``; PGD starts at a uniform random point of the eps-ball. With the
 default ``alpha=None, steps=None`` both follow the LyaDEQ paper: ``alpha = 1/255`` and
-``steps = floor(min(eps*255 + 4, 1.25 * eps*255))`` (:func:`~lyadeq_zoo.attacks.base.paper_steps`).
+``steps = floor(min(eps*255 + 4, 1.25 * eps*255))`` (:func:`~lyadeq_zoo.attacks.threat_model.paper_steps`).
 Giving ``steps`` without ``alpha`` uses Madry et al.'s ``alpha = 2.5 * eps / steps``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,7 +18,31 @@ from torch import nn
 
 from ..config import parse_number
 from ..registry import register
-from .base import Attack, attack_loss, gradient_mode, input_gradient, paper_steps, project, track_best, uniform_start
+from .base import Attack, track_best
+from .gradients import gradient_mode, input_gradient
+from .losses import attack_loss
+from .threat_model import paper_steps, project, uniform_start
+
+
+def sign_gradient_ascent(
+    gradient_at: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    start: torch.Tensor,
+    eps: float,
+    step_size: float,
+    steps: int,
+) -> torch.Tensor:
+    """``steps`` projected sign-gradient ascent steps inside the eps-ball around ``x``; the last iterate.
+
+    ``x_0 = start``, ``x_{k+1} = project(x_k + step_size * sign(gradient_at(x_k)), x, eps)``. ``gradient_at``
+    returns the detached gradient ``(N, C, H, W)`` of the loss being maximised at an iterate; it sees every
+    iterate before its step (an attack uses that to keep the best one). ``step_size`` and ``eps`` are on the
+    [0, 1] pixel scale.
+    """
+    x_adv = start
+    for _ in range(steps):
+        x_adv = project(x_adv + step_size * gradient_at(x_adv).sign(), x, eps)
+    return x_adv
 
 
 class IterativeSignAttack(Attack):
@@ -54,19 +80,22 @@ class IterativeSignAttack(Attack):
     def run_once(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None, restart: int
     ) -> torch.Tensor:
-        x_adv = uniform_start(x, self.eps, generator) if self.random_start else x.clone()
+        start = uniform_start(x, self.eps, generator) if self.random_start else x.clone()
         # Keeping the best iterate is only sound when the gradient comes from the model as judged;
         # with a swapped backward the forward may differ, so the last iterate is returned instead.
         keep = self.track_best and self.grad_mode is None
-        best = x_adv.clone()
+        best = start.clone()
         best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
         found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+
+        def gradient_at(x_now: torch.Tensor) -> torch.Tensor:
+            grad, loss, logits = input_gradient(model, x_now, y, self.loss)
+            if keep:
+                track_best(best, best_loss, found, x_now, loss, logits, y)
+            return grad
+
         with gradient_mode(model, self.grad_mode):
-            for _ in range(self.steps):
-                grad, loss, logits = input_gradient(model, x_adv, y, self.loss)
-                if keep:
-                    track_best(best, best_loss, found, x_adv, loss, logits, y)
-                x_adv = project(x_adv + self.alpha * grad.sign(), x, self.eps)
+            x_adv = sign_gradient_ascent(gradient_at, x, start, self.eps, self.alpha, self.steps)
         if not keep:
             return x_adv
         with torch.no_grad():

@@ -1,0 +1,199 @@
+"""The evaluation loop behind :func:`lyadeq_zoo.evaluate`: batches, one seeded run per (attack, eps,
+batch), the threat-model check on every adversarial batch, then the result and the masking checks."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.utils.data import DataLoader, Dataset
+
+from ..attacks import create_attack
+from ..errors import AttackNotApplicable
+from .checks import masking_checks
+from .inputs import dataset_name
+from .result import AttackRun, assemble_result, eps_key
+from .suites import load_suite
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Any] | Dataset,
+    attacks: str | Path | Sequence[Mapping[str, Any]] | Mapping[str, Any] = "paper",
+    *,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    limit: int | None = None,
+    dataset: str | None = None,
+    batch_size: int = 100,
+    checks: bool = True,
+) -> dict[str, Any]:
+    """Clean and robust accuracy of ``model`` on ``loader`` under an attack suite (JSON-serialisable).
+
+    ``model``: images (N, C, H, W) in [0, 1] -> logits (N, K); it is moved to ``device`` (default: where
+    its parameters are), run in eval mode, and its mode is restored afterwards. ``loader``: an iterable
+    of ``(images, labels)`` batches, or a Dataset (batched by ``batch_size``). ``attacks``: a suite
+    name/path/mapping or a list of specs (see :func:`load_suite`). ``limit``: evaluate the first
+    ``limit`` samples. ``dataset``: data set name for ``{dataset}``/``large`` in suites (default: from
+    ``model.config``). Deterministic for a given ``seed``: each (batch, attack, eps) run gets its
+    own RNG seed derived from it (attacks with their own ``seed`` option use that instead).
+
+    See :mod:`lyadeq_zoo.evaluation` for which number is computed on which subset, and
+    :mod:`lyadeq_zoo.evaluation.result` for the result's keys.
+    """
+    start = time.perf_counter()
+    dataset = dataset or dataset_name(model)
+    suite = load_suite(attacks, dataset)
+    if device is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    device = torch.device(device)
+    model.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        # The parameters do not change while evaluating: parametrized weights (the orthogonal head's matrix_exp)
+        # are computed once for the whole evaluation instead of at every forward pass of every attack step.
+        with parametrize.cached():
+            batches = _batches(loader, limit, batch_size)
+            runs, clean_correct, robust, clean_seconds = _run_attacks(model, batches, suite, device, seed, progress)
+            result = assemble_result(suite, runs, clean_correct, robust, seed=seed, device=device, dataset=dataset)
+            if checks:
+                result["checks"] = masking_checks(model, batches[0], runs, clean_correct, suite, device)
+            result["timing"] = {
+                "total_seconds": round(time.perf_counter() - start, 3),
+                "clean_seconds": round(clean_seconds, 4),
+            }
+            return result
+    finally:
+        model.train(was_training)
+
+
+def _batches(
+    loader: Iterable[Any] | Dataset, limit: int | None, batch_size: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``limit`` samples of ``loader`` as (images, labels) batches, all held at once."""
+    if isinstance(loader, Dataset) and not isinstance(loader, DataLoader):
+        loader = DataLoader(loader, batch_size=batch_size, shuffle=False)
+    out, total = [], 0
+    for batch in loader:
+        x, y = batch[0], batch[1]
+        if limit is not None:
+            x, y = x[: limit - total], y[: limit - total]
+        if x.shape[0] == 0:
+            break
+        out.append((x, torch.as_tensor(y)))
+        total += x.shape[0]
+        if limit is not None and total >= limit:
+            break
+    if not out:
+        raise ValueError("the loader yielded no samples")
+    return out
+
+
+def _plan_runs(model: nn.Module, suite: Mapping[str, Any], n: int) -> list[AttackRun]:
+    """One run per (attack spec, eps), in suite order; attacks that do not apply to ``model`` are marked
+    skipped with the reason."""
+    runs: list[AttackRun] = []
+    for a_index, spec in enumerate(suite["attacks"]):
+        for eps in spec["eps"]:
+            attack = create_attack(spec["type"], eps=eps, **spec["options"])
+            skipped = None
+            try:
+                attack.check_model(model)
+            except AttackNotApplicable as err:
+                skipped = str(err)
+            runs.append(
+                {
+                    "spec": spec,
+                    "index": a_index,
+                    "eps": eps,
+                    "attack": attack,
+                    "skipped": skipped,
+                    "outcome": torch.full((n,), -1, dtype=torch.int8),
+                    "seconds": 0.0,
+                }
+            )
+    return runs
+
+
+def _run_attacks(
+    model: nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    suite: Mapping[str, Any],
+    device: torch.device,
+    seed: int,
+    progress: bool,
+) -> tuple[list[AttackRun], torch.Tensor, dict[float, torch.Tensor], float]:
+    """Run every attack of ``suite`` on every batch: ``(runs, clean_correct (n,) bool, robust: eps key ->
+    (n,) bool robust to every attack so far, seconds spent on clean predictions)``."""
+    from tqdm.auto import tqdm  # a progress bar only; not imported with the package
+
+    n = sum(int(x.shape[0]) for x, _ in batches)
+    runs = _plan_runs(model, suite, n)
+    clean_correct = torch.zeros(n, dtype=torch.bool)
+    robust: dict[float, torch.Tensor] = {}
+    clean_seconds = 0.0
+    total_steps = len(batches) * sum(r["skipped"] is None for r in runs)
+    bar = tqdm(total=total_steps, disable=not progress, desc="evaluate", unit="run", leave=False)
+    offset = 0
+    for b, (x, y) in enumerate(batches):
+        x, y = x.to(device).float(), y.to(device).long()
+        sl = slice(offset, offset + x.shape[0])
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            correct = (model(x).argmax(1) == y).cpu()
+        clean_seconds += time.perf_counter() - t0
+        clean_correct[sl] = correct
+        for run in runs:
+            robust.setdefault(eps_key(run["eps"]), torch.zeros(n, dtype=torch.bool))[sl] = correct
+        for r_index, run in enumerate(runs):
+            if run["skipped"] is not None:
+                continue
+            alive = robust[eps_key(run["eps"])]
+            targets = correct.clone() if run["spec"]["subset"] == "all" else alive[sl].clone()
+            outcome = run["outcome"][sl]
+            outcome[~correct] = 0
+            idx = targets.nonzero().squeeze(1)
+            t0 = time.perf_counter()
+            if idx.numel():
+                with _seeded(seed, b, r_index, device):
+                    x_adv = run["attack"](model, x[idx.to(device)], y[idx.to(device)])
+                _check_threat_model(x_adv, x[idx.to(device)], run["eps"], run["spec"]["name"])
+                with torch.no_grad():
+                    still = (model(x_adv).argmax(1) == y[idx.to(device)]).cpu()
+                outcome[idx] = still.to(torch.int8)
+                alive[sl][idx] &= still
+            run["seconds"] += time.perf_counter() - t0
+            bar.update(1)
+        offset += x.shape[0]
+    bar.close()
+    return runs, clean_correct, robust, clean_seconds
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, batch: int, run: int, device: torch.device) -> Iterator[None]:
+    """Fork the RNG (CPU and ``device``) with a seed derived from (seed, batch index, run index)."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed((int(seed) * 1_000_003 + batch * 10_007 + run * 101) % (2**63 - 1))
+        yield
+
+
+def _check_threat_model(x_adv: torch.Tensor, x: torch.Tensor, eps: float, name: str) -> None:
+    """Raise if an attack returned another shape, left the l_inf ball of radius ``eps`` or [0, 1]."""
+    if x_adv.shape != x.shape:
+        raise RuntimeError(f"attack {name!r} returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
+    excess = ((x_adv - x).abs().max().item() if x.numel() else 0.0) - eps
+    if excess > 1e-5 or x_adv.min() < 0 or x_adv.max() > 1:
+        raise RuntimeError(
+            f"attack {name!r} left the threat model (l_inf excess {excess:.3g}, range "
+            f"[{x_adv.min().item():.3g}, {x_adv.max().item():.3g}]); this is a bug in the attack"
+        )

@@ -1,0 +1,247 @@
+"""The model card (a checkpoint's README.md), built from the checkpoint's ``config.json`` content alone.
+
+The card is a Hub metadata header (license, tags, data set, a ``model-index`` with the measured metrics)
+followed by Markdown sections: intro, usage, results, training (schedule, command, resolved config) and
+citation. :func:`model_card` assembles them; each section is its own function.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from .layout import LIBRARY_NAME
+
+LICENSE = "apache-2.0"
+EVAL_FORMAT_PREFIX = "lyadeq-zoo-eval/"  # the result format of lz.evaluate
+PAPER_BIBTEX = """@inproceedings{chu2024lyapunov,
+  title     = {Lyapunov-Stable Deep Equilibrium Models},
+  author    = {Chu, Haoyu and Wei, Shikui and Liu, Ting and Zhao, Yao and Miyatake, Yuto},
+  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
+  year      = {2024},
+  eprint    = {2304.12707},
+  archivePrefix = {arXiv}
+}"""
+CARD_TAGS = (
+    "image-classification",
+    "deep-equilibrium-model",
+    "lyapunov-stability",
+    "adversarial-robustness",
+    "pytorch",
+    "safetensors",
+    LIBRARY_NAME,
+)
+
+# Hub data set ids of the data sets the zoo trains on (the short legacy names redirect on the Hub).
+HUB_DATASETS = {"mnist": "mnist", "cifar10": "cifar10", "cifar100": "cifar100", "svhn": "svhn"}
+DATASET_TITLES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN"}
+
+
+# -- metrics as card rows ------------------------------------------------------------------------------
+def flatten_metrics(metrics: Mapping[str, Any] | None, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a (nested) metrics dict, keyed by their ``/``-joined path; non-finite values dropped."""
+    flat: dict[str, float] = {}
+    for key, value in (metrics or {}).items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, path))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            flat[path] = float(value)
+    return flat
+
+
+def is_evaluate_result(metrics: Mapping[str, Any] | None) -> bool:
+    """Whether ``metrics`` is an ``lz.evaluate`` result (``format: lyadeq-zoo-eval/...``)."""
+    return bool(metrics) and str(metrics.get("format", "")).startswith(EVAL_FORMAT_PREFIX)
+
+
+def metric_rows(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    """The model card's metric rows, name -> value.
+
+    An ``lz.evaluate`` result (accuracies as fractions) becomes rows in percent: clean accuracy, each
+    attack's own accuracy at each eps, and the worst case over attacks per eps; other numeric top-level
+    entries (e.g. ``clean_accuracy`` from training) follow as given. Any other mapping contributes its
+    numeric leaves as given (see :func:`flatten_metrics`).
+    """
+    if not metrics:
+        return {}
+    if not is_evaluate_result(metrics):
+        return flatten_metrics(metrics)
+    rows: dict[str, float] = {}
+    clean = (metrics.get("clean") or {}).get("accuracy")
+    if clean is not None:
+        rows["clean accuracy (%)"] = 100.0 * clean
+    for attack in metrics.get("attacks") or []:
+        for item in attack.get("results") or []:
+            if item.get("accuracy") is not None:
+                rows[f"{attack['name']} @ eps {item['eps_255']:g}/255 (%)"] = 100.0 * item["accuracy"]
+    for item in metrics.get("worst_case") or []:
+        rows[f"worst case @ eps {item['eps_255']:g}/255 (%)"] = 100.0 * item["accuracy"]
+    skip = {"n", "seed", "format"}
+    for key, value in metrics.items():
+        if key not in skip and isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows[key] = float(value)
+    return rows
+
+
+def fine_tuned_from(config: Mapping[str, Any]) -> str | None:
+    """``train.init_from`` of a resolved config (the weights its training started from), else None."""
+    train_section = config.get("train")
+    return train_section.get("init_from") if isinstance(train_section, Mapping) else None
+
+
+def _is_accuracy(row_name: str) -> bool:
+    lowered = row_name.lower()
+    return any(word in lowered for word in ("acc", "clean", "pgd", "fgsm", "attack", "robust", "worst"))
+
+
+def _dataset_title(dataset: str) -> str:
+    return DATASET_TITLES.get(dataset, dataset)
+
+
+# -- the card -------------------------------------------------------------------------------------------
+def model_card(info: Mapping[str, Any]) -> str:
+    """The README.md model card of a checkpoint whose ``config.json`` content is ``info``."""
+    name = info.get("name") or "lyadeq-zoo model"
+    dataset = info.get("dataset")
+    config = info.get("config") or {}
+    meta = config.get("meta") or {}
+    rows = metric_rows(info.get("metrics") or {})
+    lines = [
+        *metadata_header(name, dataset, rows),
+        *intro_section(name, meta),
+        *usage_section(info.get("input") or {}),
+        *results_section(rows, info.get("metrics") or {}, dataset, meta),
+        *training_section(info, config, meta),
+        *citation_section(),
+    ]
+    return "\n".join(lines)
+
+
+def metadata_header(name: str, dataset: str | None, rows: Mapping[str, float]) -> list[str]:
+    """The YAML front matter the Hub reads: license, library, tags, data set and a ``model-index``."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    eval_results = None
+    if dataset and rows:
+        eval_results = [
+            EvalResult(
+                task_type="image-classification",
+                task_name="Image Classification",
+                dataset_type=HUB_DATASETS.get(dataset, dataset),
+                dataset_name=_dataset_title(dataset),
+                dataset_split="test",
+                metric_type="accuracy" if _is_accuracy(key) else key,
+                metric_name=key,
+                metric_value=round(value, 4),  # no float noise such as 0.9199999999999999 in the card
+            )
+            for key, value in rows.items()
+        ]
+    card_data = ModelCardData(
+        license=LICENSE,
+        library_name=LIBRARY_NAME,
+        tags=list(CARD_TAGS),
+        datasets=[HUB_DATASETS.get(dataset, dataset)] if dataset else None,
+        metrics=["accuracy"] if rows else None,
+        model_name=name if eval_results else None,
+        eval_results=eval_results,
+    )
+    return ["---", card_data.to_yaml(), "---", ""]
+
+
+def intro_section(name: str, meta: Mapping[str, Any]) -> list[str]:
+    """Title, the config's ``meta.description`` and the paper the method follows."""
+    description = meta.get("description") or "A deep equilibrium model from lyadeq-zoo."
+    return [
+        f"# {name}",
+        "",
+        str(description),
+        "",
+        "Lyapunov-stable deep equilibrium models (LyaDEQ) follow Chu et al., *Lyapunov-Stable Deep Equilibrium "
+        "Models*, AAAI 2024 ([arXiv:2304.12707](https://arxiv.org/abs/2304.12707)).",
+        "",
+    ]
+
+
+def usage_section(spec: Mapping[str, Any]) -> list[str]:
+    """How to load the checkpoint and what to feed it (``spec``: config.json's ``input``)."""
+    return [
+        "## Usage",
+        "",
+        "```python",
+        "import lyadeq_zoo as lz",
+        "",
+        'model = lz.create_model("hf-hub:<this repo id>").eval()  # or "local-dir:<this folder>"',
+        "logits = model(images)  # images: float (N, C, H, W) in [0, 1]; logits: (N, num_classes)",
+        "```",
+        "",
+        f"Input: images in [0, 1], {spec.get('in_chans')} channel(s), size {spec.get('img_size')}; "
+        f"normalisation (mean {spec.get('mean')}, std {spec.get('std')}) is applied inside the model.",
+        "",
+    ]
+
+
+def results_section(
+    rows: Mapping[str, float], metrics: Mapping[str, Any], dataset: str | None, meta: Mapping[str, Any]
+) -> list[str]:
+    """The metrics table (``rows`` from :func:`metric_rows` of ``metrics``) and the paper's numbers, if recorded."""
+    lines = ["## Results", ""]
+    if rows:
+        where = f" on the test split of {_dataset_title(dataset)}" if dataset else ""
+        lines += [f"Measured{where}:", ""]
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {key} | {value:.4g} |" for key, value in rows.items()]
+        if is_evaluate_result(metrics):
+            lines += [
+                "",
+                f"lz.evaluate, suite `{metrics.get('suite')}`, {metrics.get('n')} test samples, seed "
+                f"{metrics.get('seed')}. Each attack's own accuracy counts clean mistakes as non-robust; the worst "
+                "case counts a sample as robust only if every attack failed on it. Full results: config.json.",
+            ]
+    else:
+        lines.append("No metrics were measured for this checkpoint.")
+    if meta.get("paper_table1"):
+        lines += ["", f"The paper reports (Table 1, accuracy %): `{json.dumps(meta['paper_table1'])}`."]
+    return [*lines, ""]
+
+
+def training_section(info: Mapping[str, Any], config: Mapping[str, Any], meta: Mapping[str, Any]) -> list[str]:
+    """Where training started, how long it ran against the paper's schedule, its command and resolved config."""
+    lines = ["## Training", ""]
+    init_from = fine_tuned_from(config)
+    if init_from:
+        lines += [f"**Fine-tuned: training started from the weights of `{init_from}`**, not from a random init.", ""]
+    epochs = info.get("epochs")
+    if epochs is not None:
+        lines += [_schedule_line(epochs, meta.get("paper_epochs")), ""]
+    if info.get("train_command"):
+        lines += ["Command:", "", "```bash", str(info["train_command"]), "```", ""]
+    return [
+        *lines,
+        "Config (resolved; `lz.build_model(config)` rebuilds the architecture):",
+        "",
+        "```json",
+        json.dumps(config, indent=2),
+        "```",
+        "",
+        f"Saved with lyadeq-zoo {info.get('zoo_version')} (checkpoint format {info.get('format_version')}).",
+        "",
+    ]
+
+
+def _schedule_line(epochs: int, paper_epochs: int | None) -> str:
+    """Epochs run; a schedule shorter than the paper's is flagged, since its numbers are no reproduction."""
+    if paper_epochs and epochs < paper_epochs:
+        return (
+            f"**Shortened schedule: {epochs} epoch{'s' if epochs != 1 else ''} run, the paper "
+            f"trains {paper_epochs}.** "
+            "Numbers from this checkpoint are not comparable with the paper's as a reproduction."
+        )
+    return f"Epochs run: {epochs}" + (f" (paper: {paper_epochs})." if paper_epochs else ".")
+
+
+def citation_section() -> list[str]:
+    """The BibTeX entry of the paper."""
+    return ["## Citation", "", "```bibtex", PAPER_BIBTEX, "```", ""]

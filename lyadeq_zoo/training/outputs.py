@@ -1,0 +1,88 @@
+"""What a run writes into OUT besides checkpoints and metrics: ``config.yaml``, ``curves.png``, ``final/``."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import nn
+
+from ..fileio import write_text_atomic
+from ..hub import save_pretrained
+
+
+def write_config(out: Path, config: Mapping[str, Any]) -> None:
+    """``OUT/config.yaml``: the resolved config of this invocation (keys in config order); creates OUT."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "config.yaml", yaml.safe_dump(dict(config), sort_keys=False))
+
+
+def plot_curves(history: list[Mapping[str, Any]], path: Path) -> None:
+    """Loss and accuracy per epoch (train and, where measured, test) into a PNG (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r for r in history if r.get("kind") == "epoch"]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    x = [r["epoch"] for r in epochs]
+    ax_loss.plot(x, [r["train_loss"] for r in epochs], "o-", label="train")
+    ax_acc.plot(x, [100 * r["train_acc"] for r in epochs], "o-", label="train")
+    tested = [r for r in epochs if r.get("test_acc") is not None]
+    if tested:
+        ax_loss.plot([r["epoch"] for r in tested], [r["test_loss"] for r in tested], "s-", label="test (clean)")
+        ax_acc.plot([r["epoch"] for r in tested], [100 * r["test_acc"] for r in tested], "s-", label="test (clean)")
+    steps = [r for r in history if r.get("kind") == "train"]
+    if steps:
+        ax_loss.plot(
+            [r["epoch_float"] for r in steps], [r["loss"] for r in steps], lw=0.5, alpha=0.5, label="train (steps)"
+        )
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_final(
+    model: nn.Module,
+    directory: Path,
+    final_metrics: Mapping[str, Any] | None,
+    dataset: str,
+    command: str | None,
+    history: list[Mapping[str, Any]],
+) -> Path:
+    """``OUT/final``: a ``save_pretrained`` folder of ``model`` (put in eval mode) whose card records the final
+    metrics (the last epoch's clean test accuracy when the final evaluation did not measure it), the data set,
+    the command and the number of epochs. Returns ``directory``."""
+    metrics = dict(final_metrics) if final_metrics else {}
+    last = _last_epoch(history)
+    if "test_acc" in last:
+        metrics.setdefault("clean_accuracy", last["test_acc"])
+    epochs = last.get("epoch")
+    model.eval()
+    # DIR/final: the card is named after the run folder (e.g. runs/zoo/lyadeq_mnist), not "final".
+    save_pretrained(
+        model, directory, metrics=metrics, dataset=dataset, train_command=command, epochs=epochs,
+        name=directory.parent.name,
+    )
+    return directory
+
+
+def default_command(argv: list[str] | None = None) -> str:
+    """The command line that started this process (for the model card)."""
+    argv = sys.argv if argv is None else argv
+    return "python " + shlex.join(argv)
+
+
+def _last_epoch(history: list[Mapping[str, Any]]) -> dict[str, Any]:
+    epochs = [r for r in history if r.get("kind") == "epoch"]
+    return dict(epochs[-1]) if epochs else {}
