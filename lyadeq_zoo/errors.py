@@ -14,6 +14,11 @@ class                            raised when
 ``ChecksumError``                a weights file's sha256 differs from the pretrained index
 ``DataFormatError``              a data file is not what its reader expects
 ``AttackNotApplicable``          an attack cannot run on this model (e.g. no DEQ layer to unroll)
+``InputError``                   images or labels given to a model, attack or evaluation have a wrong shape or
+                                 values (outside [0, 1], NaN/inf, labels out of range); see :mod:`.inputs`
+``InputTypeError``               ... or a wrong type (uint8 / integer images, a numpy array, float labels)
+``NonFiniteError``               training met a NaN / inf loss, gradient or checkpoint tensor (names which)
+``OutputWriteError``             a run cannot write into its output folder (disk full, read-only ...)
 ================================ ===========================================================================
 """
 
@@ -58,6 +63,16 @@ class AttackNotApplicable(LyadeqZooError, ValueError):
     """The attack cannot be run on this model as configured (the message says why)."""
 
 
+class InputError(LyadeqZooError, ValueError):
+    """Images or labels with a wrong shape or wrong values; the message says what was expected, what was found
+    and the likely fix."""
+
+
+class InputTypeError(InputError, TypeError):
+    """Images or labels of a wrong type or dtype (uint8 images, a numpy array, float labels); also a ``TypeError``,
+    and an :class:`InputError` so that ``except InputError`` catches every rejected input."""
+
+
 def closest_match(name: str, candidates: Iterable[str]) -> str | None:
     """The most similar candidate to ``name`` (difflib ratio >= 0.5, else a substring match), or None."""
     candidates = list(candidates)
@@ -80,3 +95,13 @@ def unknown_name_message(what: str, name: str, known: Iterable[str], *, listing_
     if hint is not None:
         message += f" Did you mean {hint!r}?"
     return message
+
+
+class NonFiniteError(LyadeqZooError, FloatingPointError):
+    """A training loss, gradient or checkpoint tensor is NaN or infinite; the message names the step and the
+    quantity (the loss, or which parameter's gradient / which tensor)."""
+
+
+class OutputWriteError(LyadeqZooError, OSError):
+    """A training run cannot write into its output folder (disk full, read-only, not a folder); the message
+    names the folder and the OS error. ``__cause__`` holds the original :class:`OSError`."""

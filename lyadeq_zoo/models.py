@@ -3,6 +3,10 @@
 ``images in [0, 1] -> normalise -> backbone -> DEQ layer (z* = f(z*, x)) -> [Lyapunov projection] -> head``
 
 Zoo entries (``lyadeq_mnist`` ...) are configs naming ``model.type: deq_classifier``; see configs/.
+
+The class keeps timm's model contract (``pretrained_cfg``, ``num_features``, ``forward_features``,
+``forward_head``, ``reset_classifier`` ...) and huggingface_hub's (``save_pretrained``, ``push_to_hub``,
+``from_pretrained``, from :class:`lyadeq_zoo.hub_mixin.HubMixin`); see :class:`DEQClassifier`.
 """
 
 from __future__ import annotations
@@ -13,10 +17,19 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .channels import adapt_channel_values, adapt_channel_weight, check_channel_count
 from .deq.layer import DEQLayer
+from .errors import ConfigError, InputError
+from .heads import LinearHead, OrthogonalHead
+from .hub_mixin import HubMixin
+from .inputs import check_images
 from .registry import build_component, register
 
 HEAD_INPUTS = ("corrected", "projected", "state")
+ARCHITECTURE = "deq_classifier"
+# How timm's data pipeline must prepare images for these models (timm.data.resolve_model_data_config reads it):
+# resize to exactly img_size, no crop, and NO normalisation (mean 0, std 1): the model normalises inside.
+DATA_CFG = {"fixed_input_size": True, "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"}
 
 
 def _hw(img_size: int | Sequence[int]) -> tuple[int, int]:
@@ -35,6 +48,37 @@ def _per_channel(values: float | Sequence[float] | None, in_chans: int, default:
     if len(values) != in_chans:
         raise ValueError(f"{name} must have one value per input channel ({in_chans}), got {values}")
     return torch.tensor(values).view(1, in_chans, 1, 1)
+
+
+def _check_num_classes(num_classes: object) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ConfigError(
+            f"model.num_classes must be an int >= 0 (0: no classifier, forward returns the (N, width) "
+            f"features), got {num_classes!r}"
+        )
+    return int(num_classes)
+
+
+def classifier_attribute(head: nn.Module) -> str | None:
+    """The name, inside ``head``, of its final classifier module; None when the whole head is the classifier.
+
+    ``linear`` head: ``fc`` (that head is its classifier). ``orthogonal`` head: ``classifier``, the linear
+    layer after the orthogonal ``Z``. ``Z`` is not part of the classifier: it is the last layer of the
+    pre-logits (an isometry of the stabilised state trained with the model), so resetting the classifier
+    keeps it. Any other head (a plugin's): the whole head.
+    """
+    if isinstance(head, OrthogonalHead):
+        return "classifier"
+    if isinstance(head, LinearHead):
+        return "fc"
+    return None
+
+
+def head_pre_logits(head: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """What ``head`` feeds its classifier, ``(N, in_features)``: ``Z·z + b`` for an orthogonal head, else ``z``."""
+    if isinstance(head, OrthogonalHead):
+        return head.orth(z)
+    return z
 
 
 @register("model", "deq_classifier")
@@ -137,4 +181,7 @@ class DEQClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, num_classes)`` for images ``x`` ``(N, in_chans, H, W)`` with values in [0, 1]."""
+        x = check_images(x, in_chans=self.in_chans, img_size=self.img_size, dtype=self.mean.dtype)
+        if x.shape[0] == 0:  # nothing to solve for: (0, num_classes) logits from the head alone
+            return self.head(x.new_zeros((0, self.width)))
         return self.head(self.features(x))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -117,7 +118,7 @@ class TRADES:
         steps: int = 10,
         beta: float = 6.0,
         init_std: float = 0.001,
-        attack_mode: str = "eval",
+        attack_mode: Literal["eval", "train"] = "eval",
     ) -> None:
         _check_common(eps, step_size, steps, attack_mode)
         if beta < 0 or init_std < 0:
@@ -171,7 +172,7 @@ class PGDAT:
         step_size: float = 0.00784,
         steps: int = 7,
         random_start: bool = True,
-        attack_mode: str = "eval",
+        attack_mode: Literal["eval", "train"] = "eval",
     ) -> None:
         _check_common(eps, step_size, steps, attack_mode)
         self.eps, self.step_size, self.steps = float(eps), float(step_size), int(steps)

@@ -11,7 +11,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import io
+import lzma
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from lyadeq_zoo.data import (
 )
 from lyadeq_zoo.data import samples as samples_mod
 from lyadeq_zoo.data.datasets import DATA_DIR_ENV, read_torchvision
+from lyadeq_zoo.data.readers import save_npy_xz
 
 SAMPLES = [("mnist", "test", 100), ("mnist", "train", 200), ("cifar10", "test", 100), ("cifar10", "train", 100)]
 # Label counts published in shared/data/README.md.
@@ -79,8 +83,8 @@ def test_config_validation_knows_dataset_keys() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "classes", "chans", "size"), [("mnist", 10, 1, 28), ("cifar10", 10, 3, 32), ("svhn", 10, 3, 32),
-                                           ("cifar100", 100, 3, 32)]
+    ("name", "classes", "chans", "size"),
+    [("mnist", 10, 1, 28), ("cifar10", 10, 3, 32), ("svhn", 10, 3, 32), ("cifar100", 100, 3, 32)],
 )
 def test_dataset_info(name: str, classes: int, chans: int, size: int) -> None:
     info = dataset_info(name)
@@ -282,6 +286,135 @@ def test_read_idx_rejects_bad_files(tmp_path: Path) -> None:
     junk.write_bytes(b"not an idx file")
     with pytest.raises(DataFormatError, match="not an IDX file"):
         read_idx(junk)
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """``array`` (uint8) in the IDX format: two zero bytes, type 0x08, ndim, big-endian dims, data."""
+    dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return bytes([0, 0, 8, array.ndim]) + dims + array.astype(np.uint8).tobytes()
+
+
+def _mnist_folder(folder: Path) -> Path:
+    """The MNIST test split of the shipped sample written as the two real ``.gz`` IDX files into ``folder``."""
+    images, labels = load_sample("mnist", "test")
+    folder.mkdir(parents=True)
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(images)))
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(labels)))
+    return folder
+
+
+def _cifar_folder(folder: Path, n: int = 40) -> Path:
+    """The first ``n`` CIFAR-10 test sample images in the offline layout (``.npy.xz`` images, ``.npy`` labels)."""
+    images, labels = load_sample("cifar10", "test")
+    folder.mkdir(parents=True)
+    save_npy_xz(folder / "cifar10_test_images.npy.xz", images[:n])
+    np.save(folder / "cifar10_test_labels.npy", labels[:n])
+    return folder
+
+
+def _flip_byte(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_offline_files_written_here_load(tmp_path: Path) -> None:
+    """The files the corruption tests below damage are loadable when intact."""
+    _mnist_folder(tmp_path / "mnist")
+    _cifar_folder(tmp_path / "cifar10")
+    assert len(load_dataset("mnist", "test", root=tmp_path)) == 1000
+    assert len(load_dataset("cifar10", "test", root=tmp_path)) == 40
+
+
+REPLACE = "replace it by an intact copy: copy it again from where it came from"
+
+
+def test_truncated_or_corrupt_gz_names_the_file(tmp_path: Path) -> None:
+    images = _mnist_folder(tmp_path / "mnist") / "t10k-images-idx3-ubyte.gz"
+    intact = images.read_bytes()
+    images.write_bytes(intact[: len(intact) // 2])
+    with pytest.raises(DataFormatError) as err:
+        load_dataset("mnist", "test", root=tmp_path)
+    assert str(err.value).startswith(f"{images}: truncated: the gzip stream ends before its end marker")
+    assert REPLACE in str(err.value) and isinstance(err.value.__cause__, EOFError)
+
+    images.write_bytes(intact)
+    _flip_byte(images, -6)  # inside the CRC32 trailer
+    with pytest.raises(DataFormatError, match=rf"{re.escape(str(images))}: not readable gzip data \(CRC check failed"):
+        load_dataset("mnist", "test", root=tmp_path)
+    images.write_bytes(b"<html>not found</html>")
+    with pytest.raises(DataFormatError, match=r"not readable gzip data \(Not a gzipped file .*starts with b'<html>no'"):
+        load_dataset("mnist", "test", root=tmp_path)
+    images.write_bytes(gzip.compress(b""))
+    with pytest.raises(DataFormatError, match=r"t10k-images-idx3-ubyte\.gz: empty: no IDX data once decompressed"):
+        load_dataset("mnist", "test", root=tmp_path)
+
+
+def test_truncated_gz_in_torchvision_folder_says_download_again(tmp_path: Path) -> None:
+    raw = _mnist_folder(tmp_path / "MNIST" / "raw")
+    labels = raw / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:-100])
+    with pytest.raises(DataFormatError) as err:
+        load_dataset("mnist", "test", root=tmp_path)
+    assert str(err.value) == (
+        f"{labels}: truncated: the gzip stream ends before its end marker (Compressed file ended before the "
+        f"end-of-stream marker was reached); delete {raw} (torchvision's download) and load with download=True, so "
+        "that torchvision downloads MNIST again"
+    )
+
+
+def test_truncated_or_corrupt_npy_xz_names_the_file(tmp_path: Path) -> None:
+    images = _cifar_folder(tmp_path / "cifar10") / "cifar10_test_images.npy.xz"
+    intact = images.read_bytes()
+    images.write_bytes(intact[: len(intact) // 2])
+    with pytest.raises(DataFormatError) as err:
+        load_dataset("cifar10", "test", root=tmp_path)
+    assert str(err.value).startswith(f"{images}: truncated: the xz stream ends before its end marker")
+    assert REPLACE in str(err.value) and isinstance(err.value.__cause__, EOFError)
+    images.write_bytes(intact)
+    _flip_byte(images, len(intact) // 2)
+    with pytest.raises(DataFormatError, match=rf"{re.escape(str(images))}: not readable xz data \(Corrupt input data"):
+        load_dataset("cifar10", "test", root=tmp_path)
+
+
+def test_bad_npy_labels_name_the_file(tmp_path: Path) -> None:
+    labels = _cifar_folder(tmp_path / "cifar10") / "cifar10_test_labels.npy"
+    intact = labels.read_bytes()
+    labels.write_bytes(intact[:-8])
+    with pytest.raises(
+        DataFormatError,
+        match=r"the \.npy header promises int64 of shape \(40,\) \(320 bytes of data\), "
+        r"the file holds 312; replace it",
+    ):
+        load_dataset("cifar10", "test", root=tmp_path)
+    labels.write_text("0 1 2 3\n")
+    with pytest.raises(
+        DataFormatError, match=rf"{re.escape(str(labels))}: not a \.npy array \(it starts with b'0 1 2 3"
+    ):
+        load_dataset("cifar10", "test", root=tmp_path)
+
+
+class _MakesDirWhenUnpickled:
+    """Unpickling this object creates the folder ``marker``: proof that a pickle was (or was not) opened."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_npy_xz_holding_a_pickle_is_never_unpickled(tmp_path: Path) -> None:
+    images = _cifar_folder(tmp_path / "cifar10") / "cifar10_test_images.npy.xz"
+    marker = tmp_path / "unpickled"
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([_MakesDirWhenUnpickled(marker)], dtype=object), allow_pickle=True)
+    images.write_bytes(lzma.compress(buffer.getvalue()))
+    with pytest.raises(
+        DataFormatError, match=r"holds Python objects \(object\), stored as a pickle; it was NOT loaded"
+    ):
+        load_dataset("cifar10", "test", root=tmp_path)
+    assert not marker.exists()
 
 
 def test_make_samples_selection_is_reproducible(shared: Path, repo_root: Path) -> None:

@@ -214,7 +214,7 @@ def test_shipped_suites() -> None:
         ([{"type": "pgd", "eps": ["eight"]}], "not a number"),
         ([{"type": "pgd", "eps": [0.1], "subset": "some"}], "subset"),
         ([{"type": "pgd", "eps": [0.1]}, {"type": "pgd", "eps": [0.2]}], "used twice"),
-        ([{"type": "pgd", "eps": [0.1], "loss": "hinge"}], "unknown loss"),
+        ([{"type": "pgd", "eps": [0.1], "loss": "hinge"}], "loss: expected one of 'ce', 'cw', 'dlr', got 'hinge'"),
         ({"attacks": [{"type": "pgd", "eps": [0.1]}], "chekcs": {}}, "Did you mean 'checks'"),
         ("papr", "Did you mean 'paper'"),
     ],

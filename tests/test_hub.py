@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -416,7 +417,19 @@ def _corrupt(kind: str, folder: Path) -> None:
         data[-1] ^= 0xFF
         weights.write_bytes(bytes(data))
     elif kind == "garbage bytes":
-        weights.write_bytes(os.urandom(64))
+        weights.write_bytes(hashlib.sha256(b"not weights").digest() * 2)
+    elif kind == "torch.save archive":
+        torch.save(tiny_model().state_dict(), weights)
+    elif kind == "torch.save legacy pickle":
+        torch.save(tiny_model().state_dict(), weights, _use_new_zipfile_serialization=False)
+    elif kind == "text file":
+        weights.write_text("these are not weights\n")
+    elif kind == "empty file":
+        weights.write_bytes(b"")
+    elif kind == "git lfs pointer":
+        weights.write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{'a' * 64}\nsize 1234\n")
+    elif kind == "html page":
+        weights.write_text("<!DOCTYPE html>\n<html><body>Access denied</body></html>\n")
     elif kind == "missing weights":
         weights.unlink()
     elif kind == "wrong zoo major version":
@@ -440,9 +453,21 @@ CORRUPTIONS = {
     "unexpected tensor": r"tensor 'head\.extra' \(shape \(2,\)\) is unexpected",
     "wrong shape": r"model\.safetensors: tensor 'head\.weight' has shape \(3, 9\), the config builds \(3, 8\)",
     "wrong dtype": r"tensor 'norm\.num_batches_tracked' has dtype torch\.float32, the config builds torch\.int64",
-    "truncated file": r"model\.safetensors: not a readable safetensors file .*truncated or corrupt",
+    "truncated file": r"model\.safetensors: truncated safetensors file: \d+ bytes, but its header lays out \d+ "
+    r"bytes; tensor '[\w.]+' is cut off\. Copy or download it again",
     "flipped byte": r"model\.safetensors has sha256 [0-9a-f]{64}, but config\.json records [0-9a-f]{64}",
-    "garbage bytes": r"model\.safetensors: not a readable safetensors file .*truncated or corrupt",
+    "garbage bytes": r"model\.safetensors: not a safetensors file, nor a format lyadeq-zoo recognises \(first bytes "
+    r"([0-9a-f]{2} ){7}[0-9a-f]{2}\): it is corrupt or of another format\. Copy or download it again",
+    "torch.save archive": r"model\.safetensors: not a safetensors file: it is a PyTorch zip archive \(torch\.save's "
+    r"format: a zip holding a pickle, [\w/]*data\.pkl\)\. It was NOT loaded: lyadeq-zoo reads weights only from "
+    r"safetensors and never unpickles a file .* `safetensors\.torch\.save_file\(state_dict, path\)`",
+    "torch.save legacy pickle": r"model\.safetensors: not a safetensors file: it is a PyTorch pickle \(torch\.save's "
+    r"legacy format\)\. It was NOT loaded: .* `safetensors\.torch\.save_file\(state_dict, path\)`",
+    "text file": r"model\.safetensors: not a safetensors file: it is text, starting 'these are not weights\\n'\. Copy "
+    r"or download it again",
+    "empty file": r"model\.safetensors: not a safetensors file: it is empty \(0 bytes\)",
+    "git lfs pointer": r"model\.safetensors: not a safetensors file: it is a Git LFS pointer .* `git lfs pull`",
+    "html page": r"model\.safetensors: not a safetensors file: it is an HTML page, e\.g\. an error or login page",
     "missing weights": r"model\.safetensors: weights file not found",
     "wrong zoo major version": r"config\.json: saved by lyadeq-zoo \d+\.0\.0, which is incompatible .*major version",
     "missing config.json": r"config\.json not found",
@@ -473,8 +498,87 @@ def test_overrides_that_change_shapes_are_refused(tmp_path: Path) -> None:
 
 
 def test_not_a_folder(tmp_path: Path) -> None:
-    with pytest.raises(hub.CheckpointError, match="is not a folder"):
+    with pytest.raises(
+        hub.CheckpointError, match=r"nope does not exist; local-dir: names the folder lz\.save_pretrained"
+    ):
         lz.create_model(f"local-dir:{tmp_path / 'nope'}")
+    folder = hub.save_pretrained(tiny_model(), tmp_path / "ckpt")
+    pattern = rf"model\.safetensors is a file, not a folder; .*: use local-dir:{re.escape(str(folder))}$"
+    with pytest.raises(hub.CheckpointError, match=pattern):
+        lz.create_model(f"local-dir:{folder / 'model.safetensors'}")
+
+
+class _MakesDirWhenUnpickled:
+    """Unpickling this object creates the folder ``marker``: proof that a pickle was (or was not) opened."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.mkdir, (str(self.marker),))
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip archive", "legacy pickle"])
+def test_torch_save_file_is_named_and_never_unpickled(zip_format: bool, tmp_path: Path) -> None:
+    folder = hub.save_pretrained(tiny_model(), tmp_path / "ckpt")
+    marker = tmp_path / "unpickled"
+    payload = {**tiny_model().state_dict(), "trap": _MakesDirWhenUnpickled(marker)}
+    torch.save(payload, folder / "model.safetensors", _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(hub.CheckpointError, match="It was NOT loaded") as err:
+        lz.create_model(f"local-dir:{folder}")
+    assert ("PyTorch zip archive" if zip_format else "PyTorch pickle") in str(err.value)
+    assert not marker.exists(), "the pickle was unpickled"
+    # The file itself is left as it was: the message says how to convert it.
+    assert "safetensors.torch.save_file(state_dict, path)" in str(err.value)
+
+
+def _safetensors_layout(path: Path) -> tuple[int, dict[str, Any]]:
+    """(header length, parsed JSON header) of a safetensors file, read from its bytes."""
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    return length, json.loads(data[8 : 8 + length])
+
+
+def test_truncated_safetensors_names_the_tensor_cut_off(tmp_path: Path) -> None:
+    folder = hub.save_pretrained(tiny_model(), tmp_path / "ckpt")
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    length, header = _safetensors_layout(weights)
+    by_offset = sorted((spec["data_offsets"], name) for name, spec in header.items() if name != "__metadata__")
+    (begin, end), name = by_offset[1]  # cut inside the second tensor: the ones after it are missing
+    weights.write_bytes(data[: 8 + length + begin + 1])
+    later = len(by_offset) - 2
+    with pytest.raises(hub.CheckpointError) as err:
+        lz.create_model(f"local-dir:{folder}")
+    assert str(err.value) == (
+        f"local-dir:{folder}: model.safetensors: truncated safetensors file: {8 + length + begin + 1} bytes, but "
+        f"its header lays out {len(data)} bytes; tensor {name!r} is cut off; {later} later tensor(s) are missing "
+        "altogether. Copy or download it again, or re-save it with lz.save_pretrained."
+    )
+    weights.write_bytes(data[:20])
+    with pytest.raises(
+        hub.CheckpointError,
+        match=rf"its JSON header is {length} bytes long, but the file ends after "
+        "20 bytes, inside the header",
+    ):
+        lz.create_model(f"local-dir:{folder}")
+
+
+def test_safetensors_header_that_lies_about_a_tensor_is_named(tmp_path: Path) -> None:
+    folder = hub.save_pretrained(tiny_model(), tmp_path / "ckpt")
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    length, header = _safetensors_layout(weights)
+    header["head.bias"]["shape"] = [4]  # 3 float32 in the data, 4 in the header
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (length - len(text))  # same length: the data offsets stay right
+    weights.write_bytes(data[:8] + text + data[8 + length :])
+    with pytest.raises(
+        hub.CheckpointError,
+        match=r"corrupt safetensors file: its JSON header is malformed \(tensor "
+        r"'head\.bias' \(F32, shape \[4\]\) needs 16 bytes, its data_offsets span 12\)",
+    ):
+        lz.create_model(f"local-dir:{folder}")
 
 
 def test_no_pickle_loader_in_hub_code() -> None:
@@ -574,6 +678,88 @@ def test_pretrained_falls_back_to_shipped_copy_when_hub_unreachable(
         lz.create_model(zoo_name, pretrained=True)
 
 
+def test_corrupt_hub_cache_file_names_the_blob_to_delete(
+    hub_env: LocalHub, zoo_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged file in the Hub cache: the message names the cache entry; deleting it as told fixes it."""
+    trained = lz.create_model(zoo_name)
+    commit = _publish_to_local_hub(hub_env, trained)
+    weights = hub_env.files("zoo/tiny")["model.safetensors"]
+    sha = hashlib.sha256(weights).hexdigest()
+    index_file = write_index_file(tmp_path / "p.json", zoo_name, hf_hub_id="zoo/tiny", revision=commit, sha256=sha)
+    monkeypatch.setenv(hub.INDEX_ENV, str(index_file))
+    lz.create_model(zoo_name, pretrained=True)  # fills the cache
+    (link,) = Path(hf_constants.HF_HUB_CACHE).rglob("snapshots/*/model.safetensors")
+    blob = link.resolve()
+    blob.write_bytes(weights[:-1] + bytes([weights[-1] ^ 0xFF]))
+    with pytest.raises(hub.ChecksumError) as err:
+        lz.create_model(zoo_name, pretrained=True)
+    message = str(err.value)
+    assert message.startswith(f"hf-hub:zoo/tiny@{commit}/model.safetensors: sha256 is ")
+    assert f"the pretrained index records {sha} ({index_file})" in message
+    assert "`hf cache rm model/zoo/tiny`" in message and f"removing {blob} and the link {link}" in message
+    blob.unlink()  # as the message says: the next load downloads the file again
+    downloads = hub_env.log.count(("GET", f"/zoo/tiny/resolve/{commit}/model.safetensors"))
+    assert torch.equal(outputs(lz.create_model(zoo_name, pretrained=True)), outputs(trained))
+    assert hub_env.log.count(("GET", f"/zoo/tiny/resolve/{commit}/model.safetensors")) == downloads + 1
+
+
+def _flipped_copy(source: Path, target: Path) -> Path:
+    """``target``: a copy of the file ``source`` with its last byte flipped (still a valid safetensors file)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = bytearray(source.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    return target
+
+
+SHIPPED = "lyadeq_mnist"  # a shipped zoo model with a local_path copy
+
+
+def test_damaged_copy_inside_the_package_advises_reinstalling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The package's own copy differs from the index: reinstall it, never delete it."""
+    entry = hub.read_index(hub.INDEX_PATH)[SHIPPED]
+    package = tmp_path / "site-packages" / "lyadeq_zoo"  # an installed package with one damaged weights file
+    relative = Path(entry["local_path"]) / entry["filename"]
+    damaged = _flipped_copy(hub.shipped_folder(entry["local_path"]) / entry["filename"], package / relative)
+    monkeypatch.setattr(hub.index, "PACKAGE_DIR", package)
+    index_file = write_index_file(
+        tmp_path / "pretrained.json", SHIPPED, sha256=entry["sha256"], local_path=entry["local_path"]
+    )
+    monkeypatch.setenv(hub.INDEX_ENV, str(index_file))
+    with pytest.raises(hub.ChecksumError) as err:
+        lz.create_model(SHIPPED, pretrained=True)
+    message = str(err.value)
+    assert message.startswith(f"{damaged}: sha256 is {sha256_file(damaged)}, but the pretrained index records")
+    assert "The copy shipped inside the installed lyadeq-zoo package differs from the index" in message
+    assert "Do not delete it; reinstall the package: `pip install --force-reinstall lyadeq-zoo`" in message
+    assert f"`git checkout -- lyadeq_zoo/{relative.as_posix()}`" in message
+    assert "Delete " not in message and "hf cache" not in message
+
+
+def test_damaged_local_copy_elsewhere_advises_restoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = hub.read_index(hub.INDEX_PATH)[SHIPPED]
+    mirror = tmp_path / "mirror" / SHIPPED
+    _flipped_copy(hub.shipped_folder(entry["local_path"]) / entry["filename"], mirror / entry["filename"])
+    index_file = write_index_file(tmp_path / "pretrained.json", SHIPPED, sha256=entry["sha256"], local_path=str(mirror))
+    monkeypatch.setenv(hub.INDEX_ENV, str(index_file))
+    with pytest.raises(hub.ChecksumError) as err:
+        lz.create_model(SHIPPED, pretrained=True)
+    message = str(err.value)
+    assert "restore it from where it was copied from (do not delete it" in message
+    assert "Delete " not in message and "reinstall" not in message
+
+
+def test_index_file_that_is_not_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    index_file = tmp_path / "pretrained.json"
+    index_file.write_bytes(b"\x80\x04\x95binary")
+    monkeypatch.setenv(hub.INDEX_ENV, str(index_file))
+    with pytest.raises(
+        hub.CheckpointError, match=rf"{re.escape(str(index_file))}: the pretrained index is not valid JSON"
+    ):
+        hub.read_index()
+
+
 def test_pretrained_without_any_source(
     hub_env: LocalHub, zoo_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -624,6 +810,27 @@ def test_push_model_then_load_hf_hub(hub_env: LocalHub) -> None:
     # Both files of one load come from one commit: the weights are pinned to the config's commit.
     gets = [path for method, path in hub_env.log if method == "GET" and "model.safetensors" in path]
     assert gets and all(info.oid in path for path in gets)
+
+
+def test_truncated_hf_hub_checkpoint_in_cache_says_delete_the_cache_entry(hub_env: LocalHub) -> None:
+    model = tiny_model()
+    info = lz.push_to_hub(model, "org/tiny", api=HfApi(endpoint=hub_env.url, token="hf_local_test_token"))
+    name = f"hf-hub:org/tiny@{info.oid}"
+    lz.create_model(name)  # fills the cache
+    (link,) = Path(hf_constants.HF_HUB_CACHE).rglob("snapshots/*/model.safetensors")
+    blob = link.resolve()
+    blob.write_bytes(blob.read_bytes()[:-4])
+    with pytest.raises(hub.CheckpointError) as err:
+        lz.create_model(name)
+    message = str(err.value)
+    assert message.startswith(f"{name}: model.safetensors: truncated safetensors file: ")
+    assert message.endswith(
+        "It is a file of the Hugging Face cache: delete it so that it is downloaded again, with `hf cache rm "
+        f"model/org/tiny` (older huggingface_hub: `huggingface-cli delete-cache`) or by removing {blob} and the "
+        f"link {link}; then try again."
+    )
+    blob.unlink()
+    assert torch.equal(outputs(lz.create_model(name)), outputs(model))
 
 
 def test_push_folder_to_branch_and_load_revision(hub_env: LocalHub, tmp_path: Path) -> None:

@@ -112,7 +112,7 @@ def test_head_input_options() -> None:
     assert not torch.allclose(outputs["corrected"], outputs["state"])
     with pytest.raises(ValueError, match="needs a Lyapunov module"):
         lz.create_model("deq_mnist", head_input="corrected")
-    with pytest.raises(ValueError, match="head_input must be one of"):
+    with pytest.raises(ValueError, match="head_input: expected one of"):
         lz.create_model("lyadeq_mnist", head_input="z")
 
 

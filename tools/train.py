@@ -14,7 +14,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from lyadeq_zoo.errors import CheckpointError, ConfigError
+from lyadeq_zoo.errors import LyadeqZooError
 from lyadeq_zoo.training import train
 from lyadeq_zoo.training.outputs import default_command
 
@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
             args.config, args.out, resume=args.resume, data_dir=args.data_dir, overrides=args.overrides,
             progress=not args.no_progress, command=default_command(),
         )
-    except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, ValueError, FloatingPointError) as err:
+    except (LyadeqZooError, FileNotFoundError, FileExistsError, ValueError, FloatingPointError) as err:
+        # The library's errors (bad config, damaged checkpoint, other data on --resume, a NaN loss, a full or
+        # read-only --out ...) name the problem and the fix in one line: no traceback.
         print(f"error: {err}", file=sys.stderr)
         return 2
     if result.final_dir is not None:

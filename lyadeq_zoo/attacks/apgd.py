@@ -16,7 +16,7 @@ momentum ``a = 0.75`` (``a = 1`` on the first step), ``P`` the projection onto t
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -50,7 +50,7 @@ class APGD(Attack):
         eps: float | str = 8 / 255,
         steps: int = 100,
         restarts: int = 1,
-        loss: str = "ce",
+        loss: Literal["ce", "cw", "dlr"] = "ce",
         rho: float = 0.75,
         momentum: float = 0.75,
         random_start: bool = True,

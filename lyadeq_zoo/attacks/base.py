@@ -4,7 +4,10 @@ An attack is an object built by :func:`create_attack` (its constructor arguments
 and called as ``attack(model, x, y) -> x_adv``:
 
 * ``model`` is any ``nn.Module`` mapping images ``(N, C, H, W)`` in ``[0, 1]`` to logits ``(N, K)``;
-* ``x`` is a float tensor ``(N, C, H, W)`` in ``[0, 1]``, ``y`` an int64 tensor ``(N,)`` of labels;
+* ``x`` is a float tensor ``(N, C, H, W)`` in ``[0, 1]``, ``y`` an integer tensor ``(N,)`` of labels
+  (checked by :func:`.threat_model.check_inputs`: uint8 images, numpy arrays, values outside [0, 1], NaN,
+  shapes or labels that do not fit the model raise :class:`~lyadeq_zoo.errors.InputError`; an empty batch
+  gives an empty ``x_adv``);
 * ``x_adv`` has the shape of ``x``, lies in ``[0, 1]`` and within the l_inf ball of radius ``eps``
   around ``x`` (``|x_adv - x| <= eps`` elementwise; see :mod:`.threat_model`).
 
@@ -20,7 +23,7 @@ dropped when the call returns, so a training step that calls an attack updates a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -67,7 +70,7 @@ class Attack:
         self,
         eps: float | str = 8 / 255,
         restarts: int = 1,
-        loss: str = "ce",
+        loss: Literal["ce", "cw", "dlr"] = "ce",
         grad_mode: str | dict[str, Any] | None = None,
         seed: int | None = None,
     ) -> None:
@@ -102,7 +105,7 @@ class Attack:
     # -- driver -------------------------------------------------------------------------------------
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial examples ``x_adv`` (same shape as ``x``) in the eps-ball around ``x`` and [0, 1]."""
-        check_inputs(x, y)
+        x, y = check_inputs(x, y, model)
         self.check_model(model)
         # Parameters are fixed during an attack: compute parametrized weights once for all its forward passes.
         with parametrize.cached():

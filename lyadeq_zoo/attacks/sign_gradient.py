@@ -11,7 +11,7 @@ Giving ``steps`` without ``alpha`` uses Madry et al.'s ``alpha = 2.5 * eps / ste
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -57,7 +57,7 @@ class IterativeSignAttack(Attack):
         steps: int | None = None,
         random_start: bool | None = None,
         restarts: int = 1,
-        loss: str = "ce",
+        loss: Literal["ce", "cw", "dlr"] = "ce",
         grad_mode: str | dict[str, Any] | None = None,
         track_best: bool = True,
         seed: int | None = None,
@@ -136,7 +136,7 @@ class FGSM(Attack):
     def __init__(
         self,
         eps: float | str = 8 / 255,
-        loss: str = "ce",
+        loss: Literal["ce", "cw", "dlr"] = "ce",
         grad_mode: str | dict[str, Any] | None = None,
         seed: int | None = None,
     ) -> None:

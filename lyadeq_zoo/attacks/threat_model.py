@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from ..config import parse_number
+from ..inputs import check_batch
 
 
 def parse_eps(eps: float | int | str) -> float:
@@ -50,14 +52,12 @@ def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None
     return (x + eps * noise).clamp(0.0, 1.0)
 
 
-def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
-    """Raise unless ``x`` is a float tensor ``(N, ...)`` in ``[0, 1]`` and ``y`` holds ``N`` labels."""
-    if not torch.is_tensor(x) or not x.is_floating_point():
-        raise TypeError(f"x must be a float tensor of images in [0, 1], got {type(x).__name__}")
-    if y.shape != x.shape[:1]:
-        raise ValueError(f"y must hold one label per image: x is {tuple(x.shape)}, y is {tuple(y.shape)}")
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise ValueError(
-            f"x must lie in [0, 1] (got [{x.min().item():.3g}, {x.max().item():.3g}]): the models take "
-            "unnormalised images and normalise inside"
-        )
+def check_inputs(x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` checked for an attack: ``x`` float images ``(N, C, H, W)`` in [0, 1], ``y`` ``N`` integer labels.
+
+    With ``model``, also its declared C, H, W and ``num_classes`` (see :func:`lyadeq_zoo.inputs.check_batch`; for
+    a model that declares no C, H, W any ``(N, ...)`` batch is accepted). ``x`` is returned as given (its dtype
+    too: the model casts it), ``y`` as int64. Raises :class:`~lyadeq_zoo.errors.InputTypeError` /
+    :class:`~lyadeq_zoo.errors.InputError` (see :mod:`lyadeq_zoo.inputs`).
+    """
+    return check_batch(x, y, model, images="attack input x", labels="attack labels y")

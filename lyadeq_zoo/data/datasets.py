@@ -228,7 +228,7 @@ def read_torchvision(name: str, split: str, root: Path, download: bool) -> tuple
         else:
             ds = cls(str(root), train=split == "train", download=download)
     except RuntimeError as err:
-        looked = f"torchvision's {info.torchvision_class} files under {root}"
+        looked = f"intact torchvision {info.torchvision_class} files under {root} (missing or corrupt)"
         if info.has_local_copy:
             looked = (
                 f"neither the offline layout ({', '.join(_local_files(name, split))} in {root / name} or "
@@ -238,7 +238,8 @@ def read_torchvision(name: str, split: str, root: Path, download: bool) -> tuple
             looked = f"no {looked} (and no offline copy of {name} exists)"
         raise FileNotFoundError(
             f"{name} ({split} split): found {looked}; torchvision said: {err}. Pass download=True "
-            f"to let torchvision download {name} into {root} (needs internet)"
+            f"to let torchvision download {name} into {root} (needs internet; files that fail torchvision's "
+            "checksum are downloaded again)"
             + (", or root='sample' for the small shipped sample." if info.has_local_copy else ".")
         ) from err
     if name == "svhn":

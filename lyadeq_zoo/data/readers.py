@@ -5,7 +5,9 @@
   the project's ``shared/data/cifar10`` folder.
 * Shipped samples: ``.npy.xz`` written by :func:`save_npy_xz` (same idea, with byte-delta filters).
 
-Every reader returns numpy arrays: images ``uint8`` and labels ``int64``.
+Every reader returns numpy arrays: images ``uint8`` and labels ``int64``. A file that is truncated, corrupt
+or of another format raises :class:`~lyadeq_zoo.errors.DataFormatError` naming it and how to get a good
+copy, chained to the decoder's own error.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 import gzip
 import io
 import lzma
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -22,6 +26,38 @@ from ..errors import DataFormatError
 
 # IDX type byte -> numpy dtype (big-endian where it matters). MNIST only uses 0x08.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def replace_advice(path: Path) -> str:
+    """How to replace the bad data file ``path`` by an intact copy."""
+    if path.parent.name == "raw" and path.parent.parent.name == "MNIST":  # torchvision's download folder
+        return (
+            f"delete {path.parent} (torchvision's download) and load with download=True, so that torchvision "
+            "downloads MNIST again"
+        )
+    return (
+        "replace it by an intact copy: copy it again from where it came from (the project's shared/data/ folder "
+        "holds the offline copies), or download it again"
+    )
+
+
+def _bad_file(path: Path, problem: str) -> DataFormatError:
+    return DataFormatError(f"{path}: {problem}; {replace_advice(path)}")
+
+
+def _decompressed(path: Path, opener: Callable[..., BinaryIO], what: str) -> bytes:
+    """The whole content of ``path`` decompressed by ``opener`` (``gzip.open`` or ``lzma.open``);
+    DataFormatError when the stream is truncated or corrupt."""
+    try:
+        with opener(path, "rb") as f:
+            return f.read()
+    except EOFError as err:
+        raise _bad_file(path, f"truncated: the {what} stream ends before its end marker ({err})") from err
+    except (gzip.BadGzipFile, zlib.error, lzma.LZMAError) as err:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        raise _bad_file(path, f"not readable {what} data ({err}; the file starts with {head!r})") from err
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -32,26 +68,60 @@ def read_idx(path: str | Path) -> np.ndarray:
     e.g. ``(10000, 28, 28) uint8`` for ``t10k-images``.
     """
     path = Path(path)
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    raw = _decompressed(path, gzip.open, "gzip") if path.name.endswith(".gz") else path.read_bytes()
+    if not raw:
+        raise _bad_file(path, "empty: no IDX data" + (" once decompressed" if path.name.endswith(".gz") else ""))
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataFormatError(f"{path}: not an IDX file (header bytes {raw[:4]!r})")
+        raise _bad_file(path, f"not an IDX file (header bytes {raw[:4]!r})")
     ndim = raw[3]
     offset = 4 + 4 * ndim
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = offset + int(np.prod(dims)) * dtype.itemsize
     if len(raw) != expected:
-        raise DataFormatError(f"{path}: IDX header promises {dims} ({expected} bytes), file has {len(raw)}")
+        raise _bad_file(path, f"IDX header promises {dims} ({expected} bytes), file has {len(raw)}")
     return np.frombuffer(raw, dtype=dtype, offset=offset).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def load_npy_xz(path: str | Path) -> np.ndarray:
     """Load a ``.npy`` file compressed with xz (any xz filter chain; pickles are refused)."""
-    with lzma.open(path, "rb") as f:
-        # np.load needs a seekable file; lzma streams seek slowly, so decode to memory first.
-        return np.load(io.BytesIO(f.read()), allow_pickle=False)
+    path = Path(path)
+    # np.load needs a seekable file; lzma streams seek slowly, so decode to memory first.
+    return npy_from_bytes(_decompressed(path, lzma.open, "xz"), path)
+
+
+def load_npy(path: str | Path) -> np.ndarray:
+    """Load a plain ``.npy`` file (pickles are refused)."""
+    path = Path(path)
+    return npy_from_bytes(path.read_bytes(), path)
+
+
+def npy_from_bytes(data: bytes, path: Path) -> np.ndarray:
+    """The array that the ``.npy`` bytes ``data`` (read from ``path``) hold; DataFormatError naming ``path``
+    when they are not ``.npy``, hold Python objects (a pickle: never loaded) or are shorter than the header
+    says."""
+    if not data.startswith(_NPY_MAGIC):
+        raise _bad_file(path, f"not a .npy array (it starts with {data[:8]!r}, not {_NPY_MAGIC!r})")
+    buffer = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buffer)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(buffer)
+    except ValueError as err:
+        raise _bad_file(path, f"the .npy header is corrupt ({err})") from err
+    if dtype.hasobject:
+        raise DataFormatError(
+            f"{path}: the .npy array holds Python objects ({dtype}), stored as a pickle; it was NOT loaded "
+            "(data files are never unpickled). Save the data as a plain numeric array (np.save of a uint8 / "
+            "int64 array)"
+        )
+    needed, held = int(np.prod(shape)) * dtype.itemsize, len(data) - buffer.tell()
+    if held != needed:
+        raise _bad_file(
+            path, f"the .npy header promises {dtype} of shape {shape} ({needed} bytes of data), the file holds {held}"
+        )
+    buffer.seek(0)
+    return np.load(buffer, allow_pickle=False)
 
 
 def save_npy_xz(path: str | Path, array: np.ndarray, delta_distances: Sequence[int] = ()) -> None:
@@ -144,7 +214,7 @@ def read_cifar10(
     part takes about a second to decode).
     """
     *part_paths, label_path = cifar10_paths(directory, split)
-    labels = np.load(label_path, allow_pickle=False).astype(np.int64)
+    labels = load_npy(label_path).astype(np.int64)
     n = labels.shape[0] if limit is None else min(limit, labels.shape[0])
     needed = max(1, -(-n // CIFAR10_PART_SIZE))
     images = np.concatenate([load_npy_xz(p) for p in part_paths[:needed]])

@@ -20,26 +20,31 @@ checks the shapes and checksums.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .readers import DataFormatError, check_images_labels, load_npy_xz
+from ..errors import DataFormatError
+from ..fileio import sha256_file
+from .readers import check_images_labels, load_npy_xz
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 MANIFEST_NAME = "manifest.json"
+_CHECKOUT_ROOT = Path(__file__).resolve().parents[2]  # the repository root, when installed from a checkout
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def reinstall_advice(path: Path) -> str:
+    """How to restore the shipped file ``path``: reinstall the package, or restore it in a git checkout."""
+    try:
+        tracked = path.resolve().relative_to(_CHECKOUT_ROOT).as_posix()
+    except ValueError:
+        tracked = path.name
+    return (
+        "reinstall the package (`pip install --force-reinstall lyadeq-zoo`; in a git checkout of the repository: "
+        f"`git checkout -- {tracked}`)"
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -48,10 +53,16 @@ def load_manifest() -> dict[str, Any]:
     path = SAMPLES_DIR / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(
-            f"the shipped sample manifest {path} is missing; the package install is incomplete "
-            "(regenerate it from shared/data with `python tools/make_samples.py`)"
+            f"the shipped sample manifest {path} is missing; the package install is incomplete: "
+            f"{reinstall_advice(path)}, or regenerate it from shared/data with `python tools/make_samples.py`"
         )
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataFormatError(
+            f"the shipped sample manifest {path} is not valid JSON ({err}); the package install is damaged: "
+            f"{reinstall_advice(path)}"
+        ) from err
 
 
 def sample_entry(name: str, split: str) -> dict[str, Any]:
@@ -78,12 +89,14 @@ def verify_sample_files(name: str, split: str) -> None:
         file = entry[role]
         path = SAMPLES_DIR / file["file"]
         if not path.is_file():
-            raise FileNotFoundError(f"shipped sample file {path} is missing (package install incomplete)")
+            raise FileNotFoundError(
+                f"shipped sample file {path} is missing (package install incomplete): {reinstall_advice(path)}"
+            )
         actual = sha256_file(path)
         if actual != file["sha256"]:
             raise DataFormatError(
                 f"shipped sample file {path} is corrupted: sha256 {actual}, manifest says {file['sha256']}. "
-                "Reinstall the package or rerun tools/make_samples.py."
+                f"Do not delete it; {reinstall_advice(path)}, or rerun tools/make_samples.py."
             )
 
 

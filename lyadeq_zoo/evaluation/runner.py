@@ -15,7 +15,8 @@ from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, Dataset
 
 from ..attacks import create_attack
-from ..errors import AttackNotApplicable
+from ..errors import AttackNotApplicable, InputError
+from ..inputs import check_batch, parameter_dtype
 from .checks import masking_checks
 from .inputs import dataset_name
 from .result import AttackRun, assemble_result, eps_key
@@ -39,7 +40,10 @@ def evaluate(
 
     ``model``: images (N, C, H, W) in [0, 1] -> logits (N, K); it is moved to ``device`` (default: where
     its parameters are), run in eval mode, and its mode is restored afterwards. ``loader``: an iterable
-    of ``(images, labels)`` batches, or a Dataset (batched by ``batch_size``). ``attacks``: a suite
+    of ``(images, labels)`` batches, or a Dataset (batched by ``batch_size``): float images in [0, 1] and
+    integer labels, every batch checked before the first attack runs (uint8 images, numpy arrays, values
+    outside [0, 1], NaN/inf or shapes that do not fit the model raise :class:`~lyadeq_zoo.errors.InputError`
+    naming the batch; see :mod:`lyadeq_zoo.inputs`); empty batches are skipped. ``attacks``: a suite
     name/path/mapping or a list of specs (see :func:`load_suite`). ``limit``: evaluate the first
     ``limit`` samples. ``dataset``: data set name for ``{dataset}``/``large`` in suites (default: from
     ``model.config``). Deterministic for a given ``seed``: each (batch, attack, eps) run gets its
@@ -62,7 +66,7 @@ def evaluate(
         # The parameters do not change while evaluating: parametrized weights (the orthogonal head's matrix_exp)
         # are computed once for the whole evaluation instead of at every forward pass of every attack step.
         with parametrize.cached():
-            batches = _batches(loader, limit, batch_size)
+            batches = _batches(model, loader, limit, batch_size)
             runs, clean_correct, robust, clean_seconds = _run_attacks(model, batches, suite, device, seed, progress)
             result = assemble_result(suite, runs, clean_correct, robust, seed=seed, device=device, dataset=dataset)
             if checks:
@@ -77,24 +81,31 @@ def evaluate(
 
 
 def _batches(
-    loader: Iterable[Any] | Dataset, limit: int | None, batch_size: int
+    model: nn.Module, loader: Iterable[Any] | Dataset, limit: int | None, batch_size: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first ``limit`` samples of ``loader`` as (images, labels) batches, all held at once."""
+    """The first ``limit`` samples of ``loader`` as (images, labels) batches, all held at once.
+
+    Every batch is checked before any attack runs (:func:`~lyadeq_zoo.inputs.check_batch`: against the model's
+    C, H, W and ``num_classes``), images are cast to the model's parameter dtype, labels to int64; empty batches
+    are skipped.
+    """
     if isinstance(loader, Dataset) and not isinstance(loader, DataLoader):
         loader = DataLoader(loader, batch_size=batch_size, shuffle=False)
+    dtype = parameter_dtype(model)
     out, total = [], 0
-    for batch in loader:
-        x, y = batch[0], batch[1]
+    for index, batch in enumerate(loader):
+        x, y = check_batch(batch[0], batch[1], model, dtype=dtype, images=f"evaluate batch {index} images",
+                           labels=f"evaluate batch {index} labels")
         if limit is not None:
             x, y = x[: limit - total], y[: limit - total]
         if x.shape[0] == 0:
-            break
-        out.append((x, torch.as_tensor(y)))
+            continue
+        out.append((x, y))
         total += x.shape[0]
         if limit is not None and total >= limit:
             break
     if not out:
-        raise ValueError("the loader yielded no samples")
+        raise InputError("the loader yielded no samples (every batch was empty)")
     return out
 
 
@@ -145,7 +156,7 @@ def _run_attacks(
     bar = tqdm(total=total_steps, disable=not progress, desc="evaluate", unit="run", leave=False)
     offset = 0
     for b, (x, y) in enumerate(batches):
-        x, y = x.to(device).float(), y.to(device).long()
+        x, y = x.to(device), y.to(device)
         sl = slice(offset, offset + x.shape[0])
         t0 = time.perf_counter()
         with torch.no_grad():

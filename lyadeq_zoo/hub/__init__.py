@@ -7,6 +7,7 @@ module          job
 ``saving``      ``save_pretrained``: a model -> a checkpoint folder (atomic)
 ``card``        the model card (README.md) built from config.json's content
 ``loading``     strict reading: config.json checks, safetensors -> a given model, recorded sha256
+``diagnosis``   why a weights file does not open: another format (never unpickled), truncated, corrupt
 ``remote``      ``hf-hub:`` / ``local-dir:`` names -> files; Hub downloads and uploads
 ``index``       the pretrained index (``lyadeq_zoo/pretrained.json``): read, write, resolve to verified files
 =============== ==============================================================================================
@@ -17,7 +18,7 @@ its model) lives in :mod:`lyadeq_zoo.publishing`, above both.
 """
 
 from ..errors import CheckpointError, ChecksumError
-from . import card, index, layout, loading, remote, saving
+from . import card, diagnosis, index, layout, loading, remote, saving
 from .card import DATASET_TITLES, LICENSE, fine_tuned_from, flatten_metrics, metric_rows, model_card
 from .index import (
     INDEX_ENV,
@@ -60,6 +61,7 @@ __all__ = [
     "ChecksumError",
     "card",
     "checkpoint_files",
+    "diagnosis",
     "fine_tuned_from",
     "flatten_metrics",
     "has_pretrained",

@@ -23,9 +23,11 @@ from ..errors import CheckpointError, ChecksumError
 from ..fileio import sha256_file, write_json_atomic
 from .layout import WEIGHTS_NAME
 from .loading import load_weights
-from .remote import download_file, hub_error_types
+from .remote import cache_delete_advice, download_file, hub_error_types
 
-INDEX_PATH = Path(__file__).resolve().parent.parent / "pretrained.json"
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the installed lyadeq_zoo folder
+INDEX_PATH = PACKAGE_DIR / "pretrained.json"
+REINSTALL = "pip install --force-reinstall lyadeq-zoo"
 INDEX_ENV = "LYADEQ_ZOO_PRETRAINED"  # an alternative pretrained index file
 ENTRY_KEYS = frozenset({"hf_hub_id", "revision", "filename", "sha256", "local_path"})
 
@@ -60,8 +62,11 @@ def _read_raw(path: Path) -> dict[str, Any]:
         return {}
     try:
         raw = json.loads(path.read_text(encoding="utf-8") or "{}")
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err})") from err
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(
+            f"{path}: the pretrained index is not valid JSON ({err}); restore it (shipped index: reinstall with "
+            f"`{REINSTALL}`; ${INDEX_ENV}: point it at a valid index file)"
+        ) from err
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected an object mapping zoo names to entries")
     return raw
@@ -115,18 +120,56 @@ def has_pretrained(name: str) -> bool:
 def shipped_folder(local_path: str | Path) -> Path:
     """The folder an entry's ``local_path`` names (a relative path is relative to the package folder)."""
     path = Path(local_path).expanduser()
-    return path if path.is_absolute() else INDEX_PATH.parent / path
+    return path if path.is_absolute() else PACKAGE_DIR / path
 
 
-def verify_sha256(path: str | Path, expected: str, *, source: str) -> None:
-    """Raise ChecksumError (naming ``source`` and the fix) when the file's sha256 is not ``expected``."""
+def verify_sha256(path: str | Path, expected: str, *, source: str, fix: str | None = None) -> None:
+    """Raise ChecksumError (naming ``source`` and ``fix``) when the file's sha256 is not ``expected``.
+
+    ``fix`` defaults to advice that fits any file: replace it by the published one, or update the index.
+    """
     actual = sha256_file(path)
     if actual != expected:
         raise ChecksumError(
-            f"{source}: sha256 is {actual}, but the pretrained index records {expected}. The file is corrupt "
-            f"or not the published one; refusing to load it. Delete {path} (for the Hub cache: "
-            "`hf cache delete`) and try again, or update the pretrained index with tools/publish.py"
+            f"{source}: sha256 is {actual}, but the pretrained index records {expected} ({index_path()}); "
+            "refusing to load it. "
+            + (fix or "Replace the file by the published one, or update the pretrained index with tools/publish.py.")
         )
+
+
+def _hub_mismatch_fix(path: Path) -> str:
+    """What to do when a file downloaded from the Hub (it lies in the cache) does not match the index."""
+    drop = cache_delete_advice(path) or f"Delete {path} and try again, so that it is downloaded again."
+    return (
+        f"The downloaded copy is corrupt, or the index records other weights. {drop} If a fresh download "
+        "mismatches too, the index entry is stale: update it with tools/publish.py."
+    )
+
+
+def _shipped_mismatch_fix(path: Path) -> str:
+    """What to do when an entry's ``local_path`` copy does not match the index: never delete it.
+
+    A copy inside the installed package is restored by reinstalling it; any other copy is restored from
+    where it was copied from.
+    """
+    try:
+        in_checkout = path.resolve().relative_to(PACKAGE_DIR.resolve().parent).as_posix()
+    except ValueError:
+        return (
+            "This local copy (the entry's 'local_path') differs from the index: restore it from where it was "
+            "copied from (do not delete it: it is the copy the index falls back to), or, if it holds the intended "
+            "weights, record its sha256 in the index with tools/publish.py."
+        )
+    other_index = (
+        f" (or the index in use, {index_path()} from ${INDEX_ENV}, records other weights than the package ships)"
+        if index_path() != INDEX_PATH
+        else ""
+    )
+    return (
+        "The copy shipped inside the installed lyadeq-zoo package differs from the index, so the installation is "
+        f"damaged or was modified{other_index}. Do not delete it; reinstall the package: `{REINSTALL}` (in a git "
+        f"checkout of the repository: `git checkout -- {in_checkout}`)."
+    )
 
 
 def resolve_pretrained_file(name: str, *, cache_dir: str | Path | None = None) -> Path:
@@ -152,7 +195,7 @@ def resolve_pretrained_file(name: str, *, cache_dir: str | Path | None = None) -
         except hub_error_types() as err:
             hub_error = err
         else:
-            verify_sha256(path, entry["sha256"], source=source)
+            verify_sha256(path, entry["sha256"], source=source, fix=_hub_mismatch_fix(path))
             return path
     if not entry.get("local_path"):
         raise CheckpointError(
@@ -171,7 +214,7 @@ def resolve_pretrained_file(name: str, *, cache_dir: str | Path | None = None) -
             f"{first_line}); using the copy shipped at {local}",
             stacklevel=3,
         )
-    verify_sha256(local, entry["sha256"], source=str(local))
+    verify_sha256(local, entry["sha256"], source=str(local), fix=_shipped_mismatch_fix(local))
     return local
 
 

@@ -20,7 +20,9 @@ from safetensors import SafetensorError, safe_open
 from ..errors import CheckpointError, ChecksumError
 from ..fileio import sha256_file
 from ..version import __version__
+from .diagnosis import explain_unreadable_weights
 from .layout import CHECKPOINT_FILES, CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
+from .remote import cache_delete_advice
 
 MAX_PROBLEMS_SHOWN = 8
 
@@ -72,19 +74,30 @@ def _major(version: str) -> int:
 
 
 def read_state_dict(path: str | Path, *, source: str | None = None) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file, on the CPU, by name; CheckpointError if missing or unreadable."""
+    """The tensors of a safetensors file, on the CPU, by name.
+
+    CheckpointError if it is missing or unreadable; the message says what the file is instead (another
+    format such as a PyTorch pickle, which is never unpickled; a truncated or corrupt safetensors file) and
+    how to get a good one (:mod:`~lyadeq_zoo.hub.diagnosis`).
+    """
     path = Path(path)
     label = source or str(path)
     if not path.is_file():
         raise CheckpointError(f"{label}: weights file not found")
+    refetch = cache_delete_advice(path) or "Copy or download it again, or re-save it with lz.save_pretrained."
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
+        handle = safe_open(str(path), framework="pt", device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(
-            f"{label}: not a readable safetensors file ({err}); it is truncated or corrupt: download it "
-            "again or re-save it with lz.save_pretrained"
-        ) from err
+        explanation = explain_unreadable_weights(path, refetch=refetch, reader_error=str(err))
+        raise CheckpointError(f"{label}: {explanation}") from err
+    tensors = {}
+    with handle:
+        for key in handle.keys():  # noqa: SIM118 - not a dict
+            try:
+                tensors[key] = handle.get_tensor(key)
+            except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+                raise CheckpointError(f"{label}: tensor {key!r} cannot be read ({err}). {refetch}") from err
+    return tensors
 
 
 def state_dict_mismatches(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> list[str]:

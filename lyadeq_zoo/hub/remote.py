@@ -48,7 +48,7 @@ def checkpoint_files(name: str) -> tuple[Path, Path]:
     if name.startswith(LOCAL_PREFIX):
         directory = Path(name[len(LOCAL_PREFIX) :]).expanduser()
         if not directory.is_dir():
-            raise CheckpointError(f"{name}: {directory} is not a folder (expected a lz.save_pretrained folder)")
+            raise CheckpointError(f"{name}: {_not_a_folder(directory)}")
         return directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if name.startswith(HUB_PREFIX):
         repo_id, revision = parse_hub_name(name)
@@ -57,6 +57,16 @@ def checkpoint_files(name: str) -> tuple[Path, Path]:
         weights_revision = commit if _COMMIT_HASH.match(commit) else revision
         return config_path, download_checkpoint_file(repo_id, WEIGHTS_NAME, weights_revision, label=name)
     raise ValueError(f"expected a checkpoint name starting with {HUB_PREFIX!r} or {LOCAL_PREFIX!r}, got {name!r}")
+
+
+def _not_a_folder(path: Path) -> str:
+    """Why ``local-dir:path`` names no checkpoint folder, and the fix."""
+    expected = f"local-dir: names the folder lz.save_pretrained writes ({', '.join(CHECKPOINT_FILES)})"
+    if not path.exists():
+        return f"{path} does not exist; {expected}"
+    if path.name in CHECKPOINT_FILES:
+        return f"{path} is a file, not a folder; {expected}: use local-dir:{path.parent}"
+    return f"{path} is a file, not a folder; {expected}"
 
 
 def download_file(repo_id: str, filename: str, revision: str | None, *, cache_dir: str | Path | None = None) -> Path:
@@ -130,9 +140,36 @@ def upload_checkpoint(
     )
 
 
+def cached_repo_id(path: str | Path) -> str | None:
+    """The Hub repo id when ``path`` lies in a huggingface_hub cache (``.../models--org--name/snapshots/...``)."""
+    parts = Path(path).parts
+    for folder, below in zip(parts[:-1], parts[1:], strict=True):
+        if folder.startswith("models--") and below == "snapshots":
+            return folder[len("models--") :].replace("--", "/")
+    return None
+
+
+def cache_delete_advice(path: str | Path) -> str | None:
+    """How to drop the cached Hub file ``path`` so that it is downloaded afresh; None if not in a Hub cache.
+
+    The cache keeps a file once, as a blob that the snapshot entry links to: deleting only the link would
+    bring the same bad blob back, so the advice names the blob.
+    """
+    repo_id = cached_repo_id(path)
+    if repo_id is None:
+        return None
+    path = Path(path)
+    blob = path.resolve()
+    by_hand = f"{blob} and the link {path}" if blob != path else str(path)
+    return (
+        f"It is a file of the Hugging Face cache: delete it so that it is downloaded again, with "
+        f"`hf cache rm model/{repo_id}` (older huggingface_hub: `huggingface-cli delete-cache`) or by removing "
+        f"{by_hand}; then try again."
+    )
+
+
 def hub_error_types() -> tuple[type[BaseException], ...]:
     """The errors by which ``hf_hub_download`` says the Hub cannot provide a file (offline, absent, HTTP, I/O)."""
     from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
 
     return (EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, OSError)
-

@@ -17,7 +17,10 @@ written last, the directory is fsync'ed and then renamed into place with ``os.re
 and the parent directory is fsync'ed. A crash leaves either the complete checkpoint or a ``.tmp-*``
 directory that is ignored and later removed. Loading verifies the manifest (sizes and checksums) and
 parses every file; a damaged checkpoint is renamed ``corrupt-*`` and the previous one is used, with a
-warning that says so.
+warning that says so. A checkpoint whose model or optimizer tensors hold a NaN / inf counts as damaged, and
+:func:`save_checkpoint` refuses to write one (:class:`~lyadeq_zoo.errors.NonFiniteError`): the training loop
+stops before such values reach the weights, so this is the last line of defence. Pruning to ``keep_last``
+happens only after a checkpoint was written completely, and never removes the newest one.
 """
 
 from __future__ import annotations
@@ -35,18 +38,22 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, NonFiniteError
 from ..fileio import fsync_dir, sha256_file, write_synced
+from .finite import nonfinite_counts, nonfinite_tensors
 
 FORMAT = "lyadeq_zoo.train_checkpoint/1"
 MANIFEST = "manifest.json"
 STATE = "state.json"
 TENSOR_FILES = ("model", "optimizer", "rng")
+# The tensor files that must hold finite values (rng.safetensors is uint8).
+FINITE_FILES = ("model", "optimizer")
 _NAME = re.compile(r"^step-(\d{9,})$")
 
 
 class CheckpointWarning(UserWarning):
-    """A damaged checkpoint was skipped in favour of an older one."""
+    """A checkpoint could not be used as it is: a damaged (or non-finite) one was skipped in favour of an older
+    one, or its training data could not be verified."""
 
 
 # -- (de)flattening optimizer state ------------------------------------------------------------------
@@ -100,27 +107,53 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def first_nonfinite(tensors: dict[str, dict[str, torch.Tensor]]) -> str | None:
+    """``"model tensor 'fc1.weight' is not finite (3 NaN, 0 inf of 4096 values; 1 other model tensor too)"``
+    for the first model / optimizer tensor holding a NaN or inf, or None when all are finite."""
+    for file in FINITE_FILES:
+        named = tensors.get(file, {})
+        bad = nonfinite_tensors(named)
+        if bad:
+            more = f"; {len(bad) - 1} other {file} tensor(s) too" if len(bad) > 1 else ""
+            return f"{file} tensor {bad[0]!r} is not finite ({nonfinite_counts(named[bad[0]])}{more})"
+    return None
+
+
 def save_checkpoint(
     root: Path, global_step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]
 ) -> Path:
-    """Write one checkpoint atomically; ``tensors`` maps each of :data:`TENSOR_FILES` to a flat dict."""
+    """Write one checkpoint atomically; ``tensors`` maps each of :data:`TENSOR_FILES` to a flat dict.
+
+    Raises :class:`~lyadeq_zoo.errors.NonFiniteError` (writing nothing) if a model or optimizer tensor holds a
+    NaN / inf. On a write error (disk full ...) the partial temporary folder is removed and the OSError raised;
+    the existing checkpoints are untouched either way.
+    """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(global_step)
+    cpu = {name: _cpu_tensors(tensors.get(name, {})) for name in TENSOR_FILES}
+    poisoned = first_nonfinite(cpu)
+    if poisoned is not None:
+        raise NonFiniteError(
+            f"refusing to write checkpoint {final}: its {poisoned}; the checkpoints already in {root} are kept"
+        )
+    root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    for name in TENSOR_FILES:
-        content = safetensors_bytes(_cpu_tensors(tensors.get(name, {})), metadata={"format": FORMAT})
-        write_synced(tmp / f"{name}.safetensors", content)
-    write_synced(tmp / STATE, json.dumps(state, indent=1, sort_keys=True, allow_nan=True).encode("utf-8"))
-    files = {
-        path.name: {"bytes": path.stat().st_size, "sha256": sha256_file(path)} for path in sorted(tmp.iterdir())
-    }
-    manifest = {"format": FORMAT, "global_step": global_step, "files": files}
-    write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
-    fsync_dir(tmp)
+    try:
+        for name in TENSOR_FILES:
+            write_synced(tmp / f"{name}.safetensors", safetensors_bytes(cpu[name], metadata={"format": FORMAT}))
+        write_synced(tmp / STATE, json.dumps(state, indent=1, sort_keys=True, allow_nan=True).encode("utf-8"))
+        files = {
+            path.name: {"bytes": path.stat().st_size, "sha256": sha256_file(path)} for path in sorted(tmp.iterdir())
+        }
+        manifest = {"format": FORMAT, "global_step": global_step, "files": files}
+        write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
+        fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # free the space a full disk needs back
+        raise
     if final.exists():  # a stale copy (e.g. a run resumed from an older checkpoint): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -163,17 +196,22 @@ def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dic
         try:
             tensors = {name: load_file(str(path / f"{name}.safetensors")) for name in TENSOR_FILES}
             state = json.loads((path / STATE).read_text(encoding="utf-8"))
-            return tensors, state
         except (SafetensorError, OSError, ValueError) as err:
             problem = f"a file does not parse ({type(err).__name__}: {err})"
+        else:
+            poisoned = first_nonfinite(tensors)
+            if poisoned is None:
+                return tensors, state
+            problem = f"its {poisoned}: written by a run that had diverged"
     raise CheckpointError(f"checkpoint {path} is damaged: {problem}")
 
 
 def load_latest(root: Path) -> tuple[Path, dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """The newest intact checkpoint under ``root``: (path, tensors, state).
 
-    Damaged ones (newest first) are renamed ``corrupt-<name>`` and skipped with a
-    :class:`CheckpointWarning` naming the checkpoint, the problem and the one used instead.
+    Damaged ones (newest first; non-finite model / optimizer tensors count as damage) are renamed
+    ``corrupt-<name>`` and skipped with a :class:`CheckpointWarning` naming the checkpoint, the problem and the
+    one used instead.
     """
     candidates = list_checkpoints(root)
     if not candidates:
@@ -202,11 +240,16 @@ def load_latest(root: Path) -> tuple[Path, dict[str, dict[str, torch.Tensor]], d
     raise CheckpointError(f"every checkpoint in {root} is damaged: {'; '.join(skipped)}")
 
 
-def prune(root: Path, keep_last: int) -> None:
-    """Keep the newest ``keep_last`` checkpoints; remove older ones and leftover temporary directories."""
+def prune(root: Path, keep_last: int, written: Path) -> None:
+    """After checkpoint ``written`` was saved completely: keep the newest ``keep_last`` checkpoints (``written``
+    always among them), remove older ones and leftover temporary directories."""
     root = Path(root)
+    if not (Path(written) / MANIFEST).is_file():
+        raise CheckpointError(f"prune: {written} is not a complete checkpoint; nothing removed")
+    keep_last = max(int(keep_last), 1)
     for path in list_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(path, ignore_errors=True)
+        if path != Path(written):
+            shutil.rmtree(path, ignore_errors=True)
     if root.is_dir():
         for path in root.iterdir():
             if path.name.startswith(".tmp-") and not path.name.endswith(f"-{os.getpid()}"):

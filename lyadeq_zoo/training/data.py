@@ -3,12 +3,17 @@
 A split is held whole in memory (``uint8`` images stay ``uint8`` until a batch is taken), so any batch can be
 produced from its indices alone: that, and an augmentation seeded by ``(seed, epoch, step)``, is what makes a
 resumed run take exactly the batches an uninterrupted one would.
+
+Each split also gets a :func:`fingerprint` at load: its data set name, split, image count and the sha256 of its
+content (the image and label tensors as loaded, shape and dtype included; not the path it came from). A run
+records it in every checkpoint and in ``OUT/data.json``, and ``--resume`` refuses other data.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +24,21 @@ from ..config import ConfigError, accepted_keys
 from ..registry import build_component, get_component
 from .distributed import DistContext
 
+# The fingerprint fields that must agree for a run to resume (``root`` and ``shape`` are informative only).
+FINGERPRINT_FIELDS: tuple[str, ...] = ("dataset", "split", "count", "sha256")
+
 
 @dataclass(frozen=True)
 class RunData:
-    """Both splits of a run, already placed (see :func:`place`), and the data set's registered name."""
+    """Both splits of a run, already placed (see :func:`place`), the data set's registered name, and the
+    :func:`fingerprint` of each split (``{"train": ..., "test": ...}``, taken before placing)."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
     dataset: str
+    fingerprints: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def load_split(
@@ -57,6 +67,31 @@ def load_split(
         images = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x, _ in items])
         labels = torch.tensor([int(y) for _, y in items], dtype=torch.int64)
     return images, labels, str(spec["type"])
+
+
+def fingerprint(
+    images: torch.Tensor, labels: torch.Tensor, dataset: str, split: str, root: str | Path | None
+) -> dict[str, Any]:
+    """What identifies a loaded split: ``{"dataset", "split", "count", "shape", "sha256", "root"}``.
+
+    ``sha256`` covers the images' and labels' dtype, shape and bytes (``images (N, C, H, W)``, ``labels (N,)``,
+    as :func:`load_split` returns them), so the same data under another path has the same fingerprint. ``root``
+    records where it was read from (informative only). About 0.3 s per 100 MB of images.
+    """
+    digest = hashlib.sha256()
+    for tensor in (images, labels):
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{array.dtype.str}{array.shape};".encode())
+        digest.update(memoryview(array).cast("B"))
+    return {
+        "dataset": str(dataset), "split": str(split), "count": int(images.shape[0]),
+        "shape": list(images.shape[1:]), "sha256": digest.hexdigest(), "root": None if root is None else str(root),
+    }
+
+
+def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(field, saved value, current value)`` for each of :data:`FINGERPRINT_FIELDS` that differs."""
+    return [(key, saved.get(key), current.get(key)) for key in FINGERPRINT_FIELDS if saved.get(key) != current.get(key)]
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

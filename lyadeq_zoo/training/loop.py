@@ -15,11 +15,15 @@ augmentation of ``(seed, epoch, step)``, and every other random number comes fro
 whose states (per rank) are in each checkpoint with the model, optimizer and scheduler; so a run that
 is killed and resumed ends with the same weights, bit for bit, as one that never stopped (same device
 type and thread count). Model state that is not in ``state_dict()`` would break this.
+
+Nothing poisoned is kept: a NaN / inf loss or gradient stops the run at the step it happens, before the
+optimizer step, with a :class:`~lyadeq_zoo.errors.NonFiniteError` naming the step and the quantity (see
+:mod:`.finite`); no checkpoint is written after it, and the earlier ones stay. A failed write into ``OUT``
+raises :class:`~lyadeq_zoo.errors.OutputWriteError` naming the folder.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,17 +35,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, apply_overrides, load_config, validate_config
+from ..errors import NonFiniteError
 from ..evaluation import load_suite
 from ..factory import list_models, zoo_config_path
 from ..fileio import to_json_value
 from ..registry import build_component
 from .checkpoint import list_checkpoints
 from .config import TrainConfig
-from .data import RunData, augment_batch, batch_at, load_split, place, step_seed
+from .data import RunData, augment_batch, batch_at, fingerprint, load_split, place, step_seed
 from .distributed import DistContext, EpochBatchSampler, barrier, setup, teardown
+from .finite import clip_grads, grad_norm, gradient_problem, nonfinite_flags
 from .meters import MetricsLog, RunningSums, nstep_of
 from .model_setup import autocast, build_run_model, distribute, make_optimizer
-from .outputs import plot_curves, save_final, write_config
+from .outputs import plot_curves, save_final, write_config, write_data_fingerprints, writes_into
 from .rng import rank_seed, seed_all
 from .run_eval import evaluate_clean, final_evaluation
 from .run_state import TrainingRun, resume_run, save_run
@@ -106,6 +112,7 @@ def train(
         resumed_from = resume_run(run) if resume else None
         if ctx.is_main:
             write_config(out, config)
+            write_data_fingerprints(out, run.data.fingerprints)
             if not resume:
                 run.log.start_empty()
         run.model, run.net = distribute(run.model, cfg, ctx)
@@ -154,9 +161,14 @@ def _load_data(config: dict[str, Any], cfg: TrainConfig, ctx: DistContext, data_
     if cfg.final_eval is not None:
         load_suite(cfg.final_eval, dataset)
     test_x, test_y, _ = load_split(config, "test", data_dir, cfg.limit_test)
+    root = data_dir if data_dir is not None else (config.get("data") or {}).get("root")
+    fingerprints = {
+        "train": fingerprint(train_x, train_y, dataset, "train", root),
+        "test": fingerprint(test_x, test_y, dataset, "test", root),
+    }
     train_x, train_y = place(train_x, train_y, ctx, cfg.data_on_device)
     test_x, test_y = place(test_x, test_y, ctx, cfg.data_on_device)
-    return RunData(train_x, train_y, test_x, test_y, dataset)
+    return RunData(train_x, train_y, test_x, test_y, dataset, fingerprints)
 
 
 def _train_epoch(run: TrainingRun, epoch: int, progress: bool, started: float) -> None:
@@ -196,23 +208,50 @@ def _train_step(run: TrainingRun, epoch: int, step: int) -> None:
         loss, logits = run.objective(run.net, x, y)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    grads = [p.grad for p in run.model.parameters() if p.grad is not None]
+    total_norm = grad_norm(grads)
+    _stop_if_not_finite(run, epoch, step, loss, total_norm)
     if cfg.grad_clip is not None:
-        nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+        clip_grads(grads, cfg.grad_clip, total_norm)
     run.optimizer.step()
     run.scheduler.step()
     run.position.global_step += 1
     run.sums.add(loss, logits, y, nstep_of(run.net))
 
 
+def _stop_if_not_finite(run: TrainingRun, epoch: int, step: int, loss: torch.Tensor, total_norm: torch.Tensor) -> None:
+    """Raise NonFiniteError if the loss (on any rank) or the gradient of step ``step`` of ``epoch`` is NaN / inf:
+    before the optimizer step, so the weights stay finite and no checkpoint after the last good one is written."""
+    loss_ranks, grad_bad = nonfinite_flags(loss, total_norm, run.ctx)
+    if not loss_ranks and not grad_bad:
+        return
+    where = (
+        f"epoch {epoch + 1}, step {step + 1} of {run.sampler.steps_per_epoch} "
+        f"(global step {run.position.global_step + 1})"
+    )
+    if loss_ranks:
+        on = f" on rank(s) {', '.join(map(str, loss_ranks))}" if run.ctx.distributed else ""
+        what = f"the training loss is {float(loss.detach())}{on}" if run.ctx.rank in loss_ranks else (
+            f"the training loss is not finite{on}"
+        )
+    else:
+        what = f"the loss is finite ({float(loss.detach()):.6g}) but {gradient_problem(run.model.named_parameters())}"
+    good = list_checkpoints(run.checkpoints)
+    last = (
+        f"the last good checkpoint is {good[-1]} (train.init_from={good[-1] / 'model.safetensors'} starts a new "
+        "run from its weights)" if good else "there is no checkpoint yet"
+    )
+    raise NonFiniteError(
+        f"non-finite value at {where}: {what}. The optimizer step was not taken and no checkpoint was written; "
+        f"{last}. Lower train.lr, set train.grad_clip, or check the data and the model's solver settings, and "
+        "start a new --out (--resume repeats the same steps exactly)."
+    )
+
+
 def _log_window(run: TrainingRun, epoch: int, step: int, bar: tqdm, started: float) -> None:
-    """A "train" record of the steps since the last one (rank 0 logs it); stops the run on a non-finite loss."""
+    """A "train" record of the steps since the last one (rank 0 logs it)."""
     stats = run.sums.take_window(run.ctx)
     global_step = run.position.global_step
-    if stats["loss"] is not None and not math.isfinite(stats["loss"]):
-        raise FloatingPointError(
-            f"the training loss is {stats['loss']} at step {global_step} (epoch {epoch + 1}); "
-            "lower train.lr, set train.grad_clip, or check the model's solver settings"
-        )
     if not run.ctx.is_main:
         return
     record = {
@@ -257,10 +296,12 @@ def _finish(
     run: TrainingRun, out: Path, progress: bool, command: str | None
 ) -> tuple[dict[str, Any] | None, Path]:
     """Rank 0, after the last epoch: curves.png, the final evaluation (logged as "final"), OUT/final."""
-    plot_curves(run.history, out / "curves.png")
+    with writes_into(out, "curves.png"):
+        plot_curves(run.history, out / "curves.png")
     data = run.data
     metrics = final_evaluation(run.model, run.cfg, data.test_x, data.test_y, run.ctx, data.dataset, progress)
     if metrics is not None:
         run.log.append({"kind": "final", **to_json_value(metrics)})
-    final_dir = save_final(run.model, out / "final", metrics, data.dataset, command, run.history)
+    with writes_into(out, "the final model"):
+        final_dir = save_final(run.model, out / "final", metrics, data.dataset, command, run.history)
     return metrics, final_dir

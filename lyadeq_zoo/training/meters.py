@@ -17,6 +17,7 @@ from torch import nn
 from ..fileio import append_line_synced
 from ..objectives import unwrap
 from .distributed import DistContext, all_reduce_sum
+from .outputs import writes_into
 
 # One block of running sums: loss * n, correct, n, sum of solver steps, number of step counts.
 _BLOCK = 5
@@ -86,18 +87,21 @@ class RunningSums:
 
 
 class MetricsLog:
-    """``OUT/metrics.jsonl``: one JSON object per line (keys sorted), each appended and fsync'ed."""
+    """``OUT/metrics.jsonl``: one JSON object per line (keys sorted), each appended and fsync'ed. A failed write
+    raises :class:`~lyadeq_zoo.errors.OutputWriteError` naming OUT."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
     def start_empty(self) -> None:
         """Create the log empty (a fresh run)."""
-        self.path.write_text("", encoding="utf-8")
+        with writes_into(self.path.parent, "metrics"):
+            self.path.write_text("", encoding="utf-8")
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Append ``record`` as one line; a kill loses at most this line."""
-        append_line_synced(self.path, json.dumps(record, sort_keys=True))
+        with writes_into(self.path.parent, "metrics"):
+            append_line_synced(self.path, json.dumps(record, sort_keys=True))
 
     def size(self) -> int:
         """Bytes written so far (0 before the log exists): what a checkpoint records to cut back to."""
@@ -106,5 +110,5 @@ class MetricsLog:
     def truncate(self, size: int) -> None:
         """Drop what was written after byte ``size`` (lines of an interrupted run newer than its checkpoint)."""
         if self.path.exists():
-            with open(self.path, "r+b") as f:
+            with writes_into(self.path.parent, "metrics"), open(self.path, "r+b") as f:
                 f.truncate(size)

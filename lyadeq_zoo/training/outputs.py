@@ -1,24 +1,60 @@
-"""What a run writes into OUT besides checkpoints and metrics: ``config.yaml``, ``curves.png``, ``final/``."""
+"""What a run writes into OUT besides checkpoints and metrics: ``config.yaml``, ``data.json``, ``curves.png``,
+``final/``; and :func:`writes_into`, which turns an OS error of any write into OUT into one clear error."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from torch import nn
 
-from ..fileio import write_text_atomic
+from ..errors import OutputWriteError
+from ..fileio import write_json_atomic, write_text_atomic
 from ..hub import save_pretrained
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@contextlib.contextmanager
+def writes_into(out: Path, what: str) -> Iterator[None]:
+    """Run a write of ``what`` (``"checkpoints"``, ``"metrics"`` ...) into the run folder ``out``; an
+    :class:`OSError` becomes :class:`~lyadeq_zoo.errors.OutputWriteError` with a one-line message naming the
+    folder, the OS error and what to do, e.g. ``cannot write checkpoints to runs/x: [Errno 28] No space left
+    on device — free space or choose another --out``."""
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as err:
+        if err.errno in _FULL:
+            hint = "free space or choose another --out"
+        elif err.errno in _NOT_WRITABLE:
+            hint = "the folder is not writable: choose another --out"
+        else:
+            hint = "check the folder or choose another --out"
+        reason = f"[Errno {err.errno}] {err.strerror}" if err.errno is not None else str(err)
+        raise OutputWriteError(f"cannot write {what} to {out}: {reason} — {hint}") from err
 
 
 def write_config(out: Path, config: Mapping[str, Any]) -> None:
     """``OUT/config.yaml``: the resolved config of this invocation (keys in config order); creates OUT."""
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "config.yaml", yaml.safe_dump(dict(config), sort_keys=False))
+    with writes_into(out, "the config"):
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "config.yaml", yaml.safe_dump(dict(config), sort_keys=False))
+
+
+def write_data_fingerprints(out: Path, fingerprints: Mapping[str, Mapping[str, Any]]) -> None:
+    """``OUT/data.json``: ``{"train": fingerprint, "test": fingerprint}`` of the data this invocation loaded
+    (see :func:`lyadeq_zoo.training.data.fingerprint`); checkpoints hold the same in ``state.json["data"]``."""
+    with writes_into(out, "the data fingerprint"):
+        write_json_atomic(out / "data.json", {split: dict(fp) for split, fp in fingerprints.items()}, sort_keys=True)
 
 
 def plot_curves(history: list[Mapping[str, Any]], path: Path) -> None:

@@ -2,12 +2,15 @@
 
 A checkpoint holds the model, the optimizer and scheduler, every rank's RNG states, the running metric sums,
 the history of logged records, the byte length of ``metrics.jsonl`` at that point, the resolved config and
-the position (see :mod:`.checkpoint` for the files). Resuming restores all of it, so the run goes on as if it
-had never stopped.
+the position, and the fingerprint of the data (see :mod:`.checkpoint` for the files). Resuming restores all of
+it, so the run goes on as if it had never stopped; it refuses a config or training data other than the
+checkpoint's.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +21,19 @@ from torch import nn
 from ..config import ConfigError
 from ..fileio import to_json_value
 from ..version import __version__
-from .checkpoint import join_optimizer_state, load_latest, prune, save_checkpoint, split_optimizer_state
+from .checkpoint import (
+    CheckpointWarning,
+    join_optimizer_state,
+    load_latest,
+    prune,
+    save_checkpoint,
+    split_optimizer_state,
+)
 from .config import RESUME_MUTABLE_KEYS, TrainConfig, config_differences
-from .data import RunData
+from .data import RunData, fingerprint_differences
 from .distributed import DistContext, EpochBatchSampler, barrier
 from .meters import MetricsLog, RunningSums
+from .outputs import writes_into
 from .rng import gather_rng_states, restore_rng_states
 
 
@@ -58,7 +69,9 @@ class TrainingRun:
 
 def save_run(run: TrainingRun, next_epoch: int, next_step: int) -> None:
     """Checkpoint ``run`` so that a resume starts at step ``next_step`` of epoch ``next_epoch``, and prune to
-    ``train.keep_last``. Every rank must call it (it gathers their sums and RNG states); rank 0 writes."""
+    ``train.keep_last`` once it is written. Every rank must call it (it gathers their sums and RNG states); rank
+    0 writes. A failed write raises OutputWriteError (naming OUT) and leaves the earlier checkpoints as they
+    were; a non-finite tensor raises NonFiniteError and writes nothing."""
     ctx = run.ctx
     global_sums = run.sums.global_values(ctx)
     rng_tensors, rng_json = gather_rng_states(ctx)
@@ -78,12 +91,14 @@ def save_run(run: TrainingRun, next_epoch: int, next_step: int) -> None:
         "history": run.history,
         "metrics_bytes": run.log.size(),
         "config": run.config,
+        "data": {split: dict(fp) for split, fp in run.data.fingerprints.items()},
         "world_size": ctx.world_size,
         "versions": {"lyadeq_zoo": __version__, "torch": torch.__version__},
     }
     tensors = {"model": run.model.state_dict(), "optimizer": opt_tensors, "rng": rng_tensors}
-    save_checkpoint(run.checkpoints, run.position.global_step, tensors, state)
-    prune(run.checkpoints, run.cfg.keep_last)
+    with writes_into(run.checkpoints.parent, "checkpoints"):
+        written = save_checkpoint(run.checkpoints, run.position.global_step, tensors, state)
+        prune(run.checkpoints, run.cfg.keep_last, written)
 
 
 def resume_run(run: TrainingRun) -> Path:
@@ -91,7 +106,9 @@ def resume_run(run: TrainingRun) -> Path:
 
     Rank 0 verifies first (setting damaged checkpoints aside, with a warning); then the other ranks read the
     one it settled on, so resuming needs OUT on a file system that every node sees. Raises ConfigError if the
-    config differs from the checkpoint's in a key outside :data:`RESUME_MUTABLE_KEYS`.
+    config differs from the checkpoint's in a key outside :data:`RESUME_MUTABLE_KEYS`, or if the training data
+    differs from the checkpoint's (by content: the same data under another path is fine); a checkpoint that
+    records no data fingerprint (older versions) resumes with a :class:`CheckpointWarning`.
     """
     ctx = run.ctx
     if ctx.is_main:
@@ -100,6 +117,7 @@ def resume_run(run: TrainingRun) -> Path:
     if not ctx.is_main:
         path, tensors, state = load_latest(run.checkpoints)
     _check_resumable(path, state["config"], run.config)
+    _check_same_data(path, state.get("data"), run.data.fingerprints, warn=ctx.is_main)
     run.model.load_state_dict(tensors["model"], strict=True)
     run.optimizer.load_state_dict(join_optimizer_state(tensors["optimizer"], state["optimizer"]))
     run.scheduler.load_state_dict(state["scheduler"])
@@ -113,6 +131,34 @@ def resume_run(run: TrainingRun) -> Path:
     if state.get("world_size") != ctx.world_size and ctx.is_main:
         print(f"note: resuming a {state.get('world_size')}-process run with {ctx.world_size} processes")
     return path
+
+
+def _check_same_data(
+    path: Path, saved: Mapping[str, Any] | None, current: Mapping[str, Mapping[str, Any]], warn: bool
+) -> None:
+    """Refuse (ConfigError) training data whose fingerprint differs from the checkpoint's; warn if it has none."""
+    if not saved or "train" not in saved:
+        if warn:
+            warnings.warn(
+                f"checkpoint {path} records no fingerprint of its training data (written by an older lyadeq_zoo): "
+                "the data could not be verified; make sure it is the data the run started with",
+                CheckpointWarning,
+                stacklevel=3,
+            )
+        return
+    before, now = saved["train"], current["train"]
+    diffs = fingerprint_differences(before, now)
+    if not diffs:
+        return
+    labels = {"dataset": "data set", "split": "split", "count": "image count", "sha256": "content sha256"}
+    listing = "; ".join(f"{labels[key]}: checkpoint {a!r}, now {b!r}" for key, a, b in diffs)
+    origin = f" (--data-dir {before['root']})" if before.get("root") else ""
+    raise ConfigError(
+        f"cannot resume from {path}: the training data differs from the data the run was trained on: {listing}. "
+        f"The checkpoint's: {before.get('dataset')} {before.get('split')} split, {before.get('count')} images "
+        f"read from {before.get('root')!r}; now: {now.get('count')} images read from {now.get('root')!r}. Resume "
+        f"with the original data{origin}, or start a new run in another --out directory."
+    )
 
 
 def _check_resumable(path: Path, saved: dict[str, Any], config: dict[str, Any]) -> None:

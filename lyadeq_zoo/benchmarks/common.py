@@ -17,8 +17,21 @@ from torch import nn
 import lyadeq_zoo as lz
 
 FORMAT = "lyadeq-zoo-bench/1"
-BENCH_DIR = Path(__file__).resolve().parent  # results, PNGs and README.md live beside this package
+# The checkout's top-level benchmarks/ folder (results, PNGs, README.md); absent in an installed wheel.
+CHECKOUT_RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 SECTIONS = ("solvers", "model", "memory", "attacks")
+
+
+def in_checkout() -> bool:
+    """Whether this package runs from a source checkout (editable install or ``PYTHONPATH``) that has the
+    top-level ``benchmarks/`` results folder."""
+    return (CHECKOUT_RESULTS_DIR / "README.md").is_file()
+
+
+def results_dir() -> Path:
+    """Where results go by default: the checkout's ``benchmarks/`` folder, else (installed from a wheel) the
+    current directory."""
+    return CHECKOUT_RESULTS_DIR if in_checkout() else Path.cwd()
 
 
 def sync(device: torch.device) -> None:

@@ -4,8 +4,8 @@ The forward solver is forced to run 10 / 30 / 100 iterations (``override_solver(
 for the DEQ layer of ``lyadeq_cifar10`` alone (batch 1024) and for the whole model's train step (batch 128).
 Method: on CUDA, ``torch.cuda.max_memory_allocated()`` minus the memory allocated before the pass. On CPU
 (PyTorch keeps no CPU allocator statistics), each setting runs in a fresh subprocess
-(``python -m benchmarks.memory SETTING_JSON``) that builds the model, warms up with a tiny no-grad pass, and
-reports the growth of the process's peak resident set size over the pass (Linux: ``VmHWM`` after resetting
+(``python -m lyadeq_zoo.benchmarks.memory SETTING_JSON``) that builds the model, warms up with a tiny no-grad
+pass, and reports the growth of the process's peak resident set size over the pass (Linux: ``VmHWM`` after resetting
 it through ``/proc/self/clear_refs``; elsewhere ``resource.getrusage(RUSAGE_SELF).ru_maxrss``): the extra
 memory the pass needed, with about a MiB of allocator noise.
 """
@@ -30,8 +30,9 @@ from .common import ratio, sample_batch, zoo_model
 
 MEMORY_ITERS = (10, 30, 100)
 MEMORY_MODEL = "lyadeq_cifar10"
-# A child runs this module with ``python -m`` from the folder that holds the package.
-PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+# A child runs this module with ``python -m`` from the folder that holds lyadeq_zoo (importable there even when
+# it is neither installed nor on PYTHONPATH).
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
 
 def proc_status(key: str) -> int | None:
@@ -146,7 +147,9 @@ def bench_memory(device: torch.device, quick: bool, threads: int) -> dict[str, A
 def main(argv: list[str]) -> int:
     """Child process: one CPU measurement, its row printed as the last line of stdout (JSON)."""
     if len(argv) != 1:
-        raise SystemExit("usage: python -m benchmarks.memory SETTING_JSON (run by bench_memory, one per setting)")
+        raise SystemExit(
+            "usage: python -m lyadeq_zoo.benchmarks.memory SETTING_JSON (run by bench_memory, one per setting)"
+        )
     print(json.dumps(memory_pass(json.loads(argv[0]), torch.device("cpu"))))
     return 0
 

@@ -1,0 +1,35 @@
+"""The command-line programs, installed as console scripts (``[project.scripts]`` in pyproject.toml).
+
+Each module has ``main(argv: list[str] | None = None) -> int`` (the exit status; ``argv`` defaults to
+``sys.argv[1:]``). In a source checkout the same programs run as ``python tools/<name>.py``, thin wrappers
+around these mains.
+
+* ``lyadeq-eval`` (``tools/eval.py``): :mod:`lyadeq_zoo.cli.eval`, clean and adversarial accuracy.
+* ``lyadeq-train`` (``tools/train.py``): :mod:`lyadeq_zoo.cli.train`, training, resume, torchrun.
+* ``lyadeq-benchmark`` (``tools/benchmark.py``): :mod:`lyadeq_zoo.cli.benchmark`, speed and memory.
+* ``lyadeq-publish`` (``tools/publish.py``): :mod:`lyadeq_zoo.cli.publish`, Hub push and pretrained index.
+* ``lyadeq-results-page`` (``tools/results_page.py``): :mod:`lyadeq_zoo.cli.results_page`, the results page.
+* ``lyadeq-quickstart`` (``tools/quickstart.py``): :mod:`lyadeq_zoo.cli.quickstart`, the README's first look.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def command_line(script: str, argv: Sequence[str] | None = None) -> str:
+    """The command that started this program, for provenance records (``argv`` None: ``sys.argv[1:]``).
+
+    ``python tools/<name>.py ARGS`` when the process runs a checkout's tools/ wrapper, else the console
+    script's name ``script`` followed by ``ARGS``.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    launcher = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    if launcher.suffix == ".py" and launcher.parent.name == "tools":
+        head = f"python tools/{launcher.name}"
+    else:
+        head = script
+    return " ".join([head, shlex.join(args)]) if args else head
