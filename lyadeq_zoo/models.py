@@ -39,7 +39,8 @@ def _hw(img_size: int | Sequence[int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def _per_channel(values: float | Sequence[float] | None, in_chans: int, default: float, name: str) -> torch.Tensor:
+def _channel_values(values: float | Sequence[float] | None, in_chans: int, default: float, name: str) -> list[float]:
+    """One float per input channel: ``values`` broadcast from a scalar, ``default`` for None; checked length."""
     if values is None:
         values = [default] * in_chans
     elif isinstance(values, (int, float)):
@@ -47,7 +48,12 @@ def _per_channel(values: float | Sequence[float] | None, in_chans: int, default:
     values = [float(v) for v in values]
     if len(values) != in_chans:
         raise ValueError(f"{name} must have one value per input channel ({in_chans}), got {values}")
-    return torch.tensor(values).view(1, in_chans, 1, 1)
+    return values
+
+
+def _per_channel(values: Sequence[float]) -> torch.Tensor:
+    """``(1, C, 1, 1)`` float32 tensor of per-channel values, to broadcast over ``(N, C, H, W)`` images."""
+    return torch.tensor(list(values)).view(1, len(values), 1, 1)
 
 
 def _check_num_classes(num_classes: object) -> int:
@@ -81,12 +87,13 @@ def head_pre_logits(head: nn.Module, z: torch.Tensor) -> torch.Tensor:
     return z
 
 
-@register("model", "deq_classifier")
-class DEQClassifier(nn.Module):
+@register("model", ARCHITECTURE)
+class DEQClassifier(HubMixin, nn.Module):
     """DEQ image classifier with an optional Lyapunov stability module (the paper's LyaDEQ when set).
 
     Args (the config keys of ``model:``):
         num_classes, in_chans, img_size: data geometry; inputs must be ``(N, in_chans, H, W)``.
+            ``num_classes: 0`` builds a feature model: no classifier, ``forward`` returns ``(N, width)``.
         width: the DEQ state size (backbone output, cell width, Lyapunov width, head input).
         mean, std: per-channel input normalisation applied inside the model (inputs are in [0, 1]).
         backbone, cell, solver, backward, lyapunov, head: component specs (``type:`` + options).
@@ -100,6 +107,26 @@ class DEQClassifier(nn.Module):
     ``forward(x)`` returns logits ``(N, num_classes)`` and keeps per-sample, detached diagnostics of that call
     in ``self.last_info``: ``nstep``, ``rel_residual`` and, with a Lyapunov module, ``lyapunov_value`` V(z*) and
     ``lyapunov_decrease`` ∇V(z*)ᵀF̂(z*) + c·V(z*).
+
+    timm's model contract: ``forward(x) == forward_head(forward_features(x))``.
+
+    * ``forward_features(x)``: the **head input** ``(N, num_features)`` after the DEQ and the Lyapunov stage
+      (``z*``, ``z* + F̂(z*)`` or ``F̂(z*)`` as ``head_input`` says). The DEQ state is a vector, not a feature
+      map, so there is no spatial output and no global pooling (``global_pool`` is refused).
+    * ``forward_head(f, pre_logits=True)``: what the head feeds its classifier, ``(N, head_hidden_size)``: ``f``
+      itself for a ``linear`` head, ``Z·f + b`` for an ``orthogonal`` head.
+    * The **classifier** is the head's final linear layer only (``get_classifier()``; named in
+      ``pretrained_cfg["classifier"]``: ``head.fc`` or ``head.classifier``); a plugin head counts as a whole.
+      ``reset_classifier(n)`` replaces it by a new ``Linear(head_hidden_size, n)``, ``reset_classifier(0)`` by
+      ``Identity`` (``forward`` then returns the pre-logits). The orthogonal ``Z`` is kept either way.
+    * ``adapt_input_channels(c)`` adapts the first layer and the normalisation to ``c`` input channels
+      (:mod:`lyadeq_zoo.channels`).
+    * ``pretrained_cfg`` (alias ``default_cfg``): timm's metadata. Its ``mean``/``std`` are 0/1 on purpose:
+      the model normalises inside (``model.mean``, ``model.std``), so timm's transforms must feed [0, 1] images.
+
+    These methods keep ``self.config`` (set by ``lz.build_model``) in step with the model, so that
+    ``save_pretrained`` after a change writes a checkpoint that loads strictly.
+    TorchScript, torch.fx and ``features_only`` are not supported: the solver loop is data-dependent Python.
     """
 
     def __init__(
@@ -125,20 +152,33 @@ class DEQClassifier(nn.Module):
             raise ValueError(
                 f"head_input {head_input!r} needs a Lyapunov module; set a lyapunov spec or head_input: state"
             )
-        self.num_classes, self.in_chans, self.width = int(num_classes), int(in_chans), int(width)
+        self.num_classes, self.in_chans = _check_num_classes(num_classes), check_channel_count(in_chans)
+        self.width = int(width)
         self.img_size = _hw(img_size)
         self.head_input = head_input
-        self.register_buffer("mean", _per_channel(mean, in_chans, 0.0, "mean"), persistent=False)
-        self.register_buffer("std", _per_channel(std, in_chans, 1.0, "std"), persistent=False)
-        if bool((self.std <= 0).any()):
+        # Python floats as given (what adapt_input_channels adapts and records), and the buffers forward uses.
+        self._normalisation = {
+            "mean": _channel_values(mean, self.in_chans, 0.0, "mean"),
+            "std": _channel_values(std, self.in_chans, 1.0, "std"),
+        }
+        if min(self._normalisation["std"]) <= 0:
             raise ValueError(f"std must be positive, got {std}")
+        self.register_buffer("mean", _per_channel(self._normalisation["mean"]), persistent=False)
+        self.register_buffer("std", _per_channel(self._normalisation["std"]), persistent=False)
         self.backbone = build_component(
             "backbone", backbone, in_chans=in_chans, img_size=img_size, out_features=self.width
         )
         self.deq = DEQLayer(build_component("cell", cell, width=self.width), solver=solver, backward=backward)
         self.lyapunov = None if lyapunov is None else build_component("lyapunov", lyapunov, width=self.width)
-        self.head = build_component("head", head, in_features=self.width, num_classes=self.num_classes)
+        # A feature model (num_classes 0) builds its head with one class, then drops the classifier.
+        self.head = build_component("head", head, in_features=self.width, num_classes=max(self.num_classes, 1))
+        self.num_features = self.head_hidden_size = self.width
+        classifier = self.get_classifier()
+        self._classifier_bias = not isinstance(classifier, nn.Linear) or classifier.bias is not None
+        if self.num_classes == 0:
+            self.reset_classifier(0)
         self.last_info: dict[str, torch.Tensor] = {}
+        self.pretrained_cfg: dict[str, Any] = {"architecture": ARCHITECTURE, "tag": None, **self._model_cfg()}
 
     @property
     def cell(self) -> nn.Module:
@@ -178,6 +218,155 @@ class DEQClassifier(nn.Module):
                 feats = f_hat
         self.last_info = last
         return feats
+
+    # -- timm's model contract -------------------------------------------------------------------------
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name of :attr:`pretrained_cfg` (the same dict)."""
+        return self.pretrained_cfg
+
+    @default_cfg.setter
+    def default_cfg(self, cfg: dict[str, Any]) -> None:
+        self.pretrained_cfg = cfg
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The head input ``(N, num_features)`` for images ``x`` ``(N, in_chans, H, W)`` in [0, 1].
+
+        That is the state after the DEQ (and the Lyapunov stage when there is one) that ``head_input`` selects;
+        the inputs are checked as ``forward`` checks them. Refreshes ``last_info``.
+        """
+        x = check_images(x, in_chans=self.in_chans, img_size=self.img_size, dtype=self.mean.dtype)
+        if x.shape[0] == 0:
+            return x.new_zeros((0, self.num_features))
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Features ``(N, num_features)`` -> logits ``(N, num_classes)``, or with ``pre_logits`` what the
+        classifier takes, ``(N, head_hidden_size)`` (see the class docstring)."""
+        if x.dim() != 2 or x.shape[1] != self.num_features:
+            raise InputError(
+                f"forward_head expects features (N, {self.num_features}) from forward_features, got "
+                f"{tuple(x.shape)}"
+            )
+        return head_pre_logits(self.head, x) if pre_logits else self.head(x)
+
+    def get_classifier(self) -> nn.Module:
+        """The final classifier module (``head.fc``, ``head.classifier``, or the whole head of a plugin head)."""
+        attribute = classifier_attribute(self.head)
+        return self.head if attribute is None else getattr(self.head, attribute)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier by a new ``Linear(head_hidden_size, num_classes)`` (default init), or by
+        ``Identity`` for ``num_classes=0`` (``forward`` then returns the pre-logits ``(N, head_hidden_size)``).
+
+        The rest of the head (the orthogonal ``Z``) is kept. A plugin head, whose classifier is the whole head,
+        is replaced by a ``linear`` head. ``global_pool`` exists for timm's signature; a DEQ has no pooling, so
+        only None is accepted. Records ``num_classes`` in ``self.config``.
+        """
+        if global_pool is not None:
+            raise ConfigError(
+                f"global_pool={global_pool!r}: a DEQ classifier has no global pooling (its state is an "
+                f"(N, {self.width}) vector, not a feature map); leave global_pool unset"
+            )
+        num_classes = _check_num_classes(num_classes)
+        reference = next(self.head.parameters(), self.mean)
+        if classifier_attribute(self.head) is None:
+            self.head = LinearHead(self.head_hidden_size, 1).to(device=reference.device, dtype=reference.dtype)
+            self._classifier_bias = True
+            self._record_config(head={"type": "linear"})
+        attribute = classifier_attribute(self.head)
+        classifier: nn.Module = nn.Identity()
+        if num_classes:
+            classifier = nn.Linear(
+                self.head_hidden_size,
+                num_classes,
+                bias=self._classifier_bias,
+                device=reference.device,
+                dtype=reference.dtype,
+            )
+        setattr(self.head, attribute, classifier)
+        self.num_classes = num_classes
+        self._record_config(num_classes=num_classes)
+
+    def adapt_input_channels(
+        self, in_chans: int, *, mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None
+    ) -> None:
+        """Make the model take ``in_chans``-channel images, keeping what it learnt (see :mod:`lyadeq_zoo.channels`).
+
+        The first layer (``pretrained_cfg["first_conv"]``) gets summed (1 channel) or repeated-and-scaled
+        weights; ``mean``/``std`` default to the old ones averaged (1 channel) or repeated, or take the given
+        values (one per new channel, or a scalar). Records ``in_chans``, ``mean`` and ``std`` in ``self.config``.
+        Raises ConfigError for a channel count < 1, or when the backbone's first layer cannot be found.
+        """
+        in_chans = check_channel_count(in_chans)
+        values = {}
+        for key, given, default in (("mean", mean, 0.0), ("std", std, 1.0)):
+            source = adapt_channel_values(self._normalisation[key], in_chans) if given is None else given
+            values[key] = _channel_values(source, in_chans, default, key)
+        if min(values["std"]) <= 0:
+            raise ConfigError(f"std must be positive, got {values['std']}")
+        if in_chans != self.in_chans:
+            self._adapt_first_layer(in_chans)
+        self._normalisation = values
+        self.mean = _per_channel(values["mean"]).to(self.mean)
+        self.std = _per_channel(values["std"]).to(self.std)
+        self.in_chans = in_chans
+        self._record_config(in_chans=in_chans, mean=values["mean"], std=values["std"])
+
+    def first_layer(self) -> tuple[str, nn.Module] | None:
+        """``(name, module)`` of the layer that takes the normalised images: the backbone's first ``Conv2d``
+        (taking ``in_chans`` channels) or ``Linear`` (taking ``in_chans·H·W`` flattened values); None if the
+        backbone's first such layer takes neither."""
+        h, w = self.img_size
+        for name, module in self.backbone.named_modules():
+            if isinstance(module, nn.Conv2d):
+                return (f"backbone.{name}", module) if module.in_channels == self.in_chans else None
+            if isinstance(module, nn.Linear):
+                return (f"backbone.{name}", module) if module.in_features == self.in_chans * h * w else None
+        return None
+
+    def _adapt_first_layer(self, in_chans: int) -> None:
+        found = self.first_layer()
+        if found is None or (isinstance(found[1], nn.Conv2d) and found[1].groups != 1):
+            raise ConfigError(
+                f"cannot adapt the model from {self.in_chans} to {in_chans} input channels: the backbone "
+                f"{type(self.backbone).__name__} has no first Conv2d (groups=1) taking {self.in_chans} channels or "
+                f"Linear taking {self.in_chans}x{self.img_size[0]}x{self.img_size[1]} values; build it with "
+                f"in_chans={in_chans} and train it instead"
+            )
+        _, layer = found
+        weight = layer.weight
+        with torch.no_grad():
+            if isinstance(layer, nn.Conv2d):
+                new_weight = adapt_channel_weight(weight, in_chans)
+                layer.in_channels = in_chans
+            else:  # the flattened input is channel-major (x.flatten(1) of (N, C, H, W)): adapt per channel
+                grouped = weight.view(weight.shape[0], self.in_chans, -1)
+                new_weight = adapt_channel_weight(grouped, in_chans).reshape(weight.shape[0], -1)
+                layer.in_features = new_weight.shape[1]
+        layer.weight = nn.Parameter(new_weight, requires_grad=weight.requires_grad)
+
+    def _model_cfg(self) -> dict[str, Any]:
+        """The part of ``pretrained_cfg`` that follows from the model itself (geometry, module names)."""
+        first = self.first_layer()
+        attribute = classifier_attribute(self.head)
+        return {
+            "input_size": (self.in_chans, *self.img_size),
+            **DATA_CFG,
+            "mean": (0.0,) * self.in_chans,
+            "std": (1.0,) * self.in_chans,
+            "num_classes": self.num_classes,
+            "first_conv": None if first is None else first[0],
+            "classifier": "head" if attribute is None else f"head.{attribute}",
+            "pool_size": None,
+        }
+
+    def _record_config(self, **model_keys: Any) -> None:
+        """Write ``model_keys`` into ``self.config["model"]`` (when the model has a config) and refresh the cfg."""
+        config = getattr(self, "config", None)
+        if isinstance(config, dict) and isinstance(config.get("model"), dict):
+            config["model"].update(model_keys)
+        self.pretrained_cfg = {**getattr(self, "pretrained_cfg", {}), **self._model_cfg()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, num_classes)`` for images ``x`` ``(N, in_chans, H, W)`` with values in [0, 1]."""

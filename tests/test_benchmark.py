@@ -1,5 +1,5 @@
-"""tools/benchmark.py (over the ``benchmarks`` package) smoke test: the ``--quick`` run writes a complete
-result (schema only, no timing asserts).
+"""lyadeq-benchmark (:mod:`lyadeq_zoo.cli.benchmark` over :mod:`lyadeq_zoo.benchmarks`) smoke test: the ``--quick``
+run writes a complete result (schema only, no timing asserts).
 
 The whole quick run (every section, memory subprocesses included) takes ~20-40 s on 2 shared cores, so it
 runs once per session and the tests that read its result are marked ``slow``.
@@ -7,7 +7,6 @@ runs once per session and the tests that read its result are marked ``slow``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -16,23 +15,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.report import markdown
-from benchmarks.solvers import bench_solvers
+from lyadeq_zoo.benchmarks.common import results_dir
+from lyadeq_zoo.benchmarks.report import markdown
+from lyadeq_zoo.benchmarks.solvers import bench_solvers
+from lyadeq_zoo.cli.benchmark import main as benchmark_main
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("tool_benchmark", REPO / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("bench") / "results-test.json"
-    assert _tool().main(["--quick", "--json", str(out)]) == 0
+    assert benchmark_main(["--quick", "--json", str(out)]) == 0
     return json.loads(out.read_text()), out
 
 
@@ -45,6 +39,7 @@ def test_quick_run_writes_every_section(quick: tuple[dict, Path]) -> None:
     result, path = quick
     assert result["format"] == "lyadeq-zoo-bench/1" and result["quick"] is True
     assert result["threads"] == 1 and result["device"] == "cpu"
+    assert result["command"] == f"lyadeq-benchmark --quick --json {path}"
     assert result["machine"].startswith("cpu-") and result["machine"].endswith("core")
     assert _positive(result["gemm"]["flops_per_s"])
     for section in ("solvers", "model", "memory", "attacks", "targets"):
@@ -109,3 +104,9 @@ def test_missing_torchdeq_is_reported_and_only_that_comparison_skipped(monkeypat
     assert "not installed" in out["torchdeq"]
     case = out["cases"][0]
     assert set(case["results"]) == {"anderson", "broyden", "naive"} and case["ours_vs_torchdeq"] == {}
+
+
+def test_results_go_to_the_checkouts_benchmarks_folder() -> None:
+    # The code lives in the package; the results it writes by default stay in the repository's benchmarks/.
+    assert results_dir() == REPO / "benchmarks"
+    assert (REPO / "benchmarks" / "README.md").is_file() and not list((REPO / "benchmarks").glob("*.py"))

@@ -940,10 +940,7 @@ def test_env_offline_mode_reads_cache_and_falls_back(hub_env: LocalHub, zoo_name
 
 # -- tools/publish.py -----------------------------------------------------------------------------------------
 def _publish_tool() -> Any:
-    spec = importlib.util.spec_from_file_location("lyadeq_publish_tool", REPO_ROOT / "tools" / "publish.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("lyadeq_zoo.cli.publish")  # tools/publish.py is a wrapper around its main
 
 
 def test_publish_tool_pushes_ships_and_records(
@@ -958,7 +955,7 @@ def test_publish_tool_pushes_ships_and_records(
     index_file.parent.mkdir()
     index_file.write_text("{}\n")
     api = HfApi(endpoint=hub_env.url, token="hf_local_test_token")
-    entry = publish.main(
+    entry = publish.run(
         [zoo_name, str(folder), "--repo-id", "zoo/tiny", "--ship", "--index", str(index_file)], api=api
     )
     written = json.loads(index_file.read_text())[zoo_name]
@@ -977,5 +974,5 @@ def test_publish_tool_pushes_ships_and_records(
     other = hub.save_pretrained(tiny_model(width=3), tmp_path / "other")
     hub_env.log.clear()
     with pytest.raises(hub.CheckpointError, match="has shape"):
-        publish.main([zoo_name, str(other), "--repo-id", "zoo/tiny", "--index", str(index_file)], api=api)
+        publish.run([zoo_name, str(other), "--repo-id", "zoo/tiny", "--index", str(index_file)], api=api)
     assert hub_env.log == [] and json.loads(index_file.read_text())[zoo_name] == written

@@ -28,8 +28,6 @@ def command_line(script: str, argv: Sequence[str] | None = None) -> str:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     launcher = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
-    if launcher.suffix == ".py" and launcher.parent.name == "tools":
-        head = f"python tools/{launcher.name}"
-    else:
-        head = script
+    from_checkout_tool = launcher.suffix == ".py" and launcher.parent.name == "tools"
+    head = f"python tools/{launcher.name}" if from_checkout_tool else script
     return " ".join([head, shlex.join(args)]) if args else head

@@ -29,7 +29,7 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-def replace_advice(path: Path) -> str:
+def _replace_advice(path: Path) -> str:
     """How to replace the bad data file ``path`` by an intact copy."""
     if path.parent.name == "raw" and path.parent.parent.name == "MNIST":  # torchvision's download folder
         return (
@@ -43,7 +43,7 @@ def replace_advice(path: Path) -> str:
 
 
 def _bad_file(path: Path, problem: str) -> DataFormatError:
-    return DataFormatError(f"{path}: {problem}; {replace_advice(path)}")
+    return DataFormatError(f"{path}: {problem}; {_replace_advice(path)}")
 
 
 def _decompressed(path: Path, opener: Callable[..., BinaryIO], what: str) -> bytes:
@@ -87,16 +87,16 @@ def load_npy_xz(path: str | Path) -> np.ndarray:
     """Load a ``.npy`` file compressed with xz (any xz filter chain; pickles are refused)."""
     path = Path(path)
     # np.load needs a seekable file; lzma streams seek slowly, so decode to memory first.
-    return npy_from_bytes(_decompressed(path, lzma.open, "xz"), path)
+    return _npy_from_bytes(_decompressed(path, lzma.open, "xz"), path)
 
 
 def load_npy(path: str | Path) -> np.ndarray:
     """Load a plain ``.npy`` file (pickles are refused)."""
     path = Path(path)
-    return npy_from_bytes(path.read_bytes(), path)
+    return _npy_from_bytes(path.read_bytes(), path)
 
 
-def npy_from_bytes(data: bytes, path: Path) -> np.ndarray:
+def _npy_from_bytes(data: bytes, path: Path) -> np.ndarray:
     """The array that the ``.npy`` bytes ``data`` (read from ``path``) hold; DataFormatError naming ``path``
     when they are not ``.npy``, hold Python objects (a pickle: never loaded) or are shorter than the header
     says."""

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
+from ..deq.cells import FixedPointBatchNorm
 from ..factory import build_model
 from ..hub import WEIGHTS_NAME, has_pretrained, load_pretrained_weights, load_weights, read_index
 from .config import TrainConfig
@@ -62,17 +63,45 @@ def make_optimizer(
     return optimizer, scheduler
 
 
+def sync_batchnorms(model: nn.Module) -> list[str]:
+    """Replace, in place, every BatchNorm of ``model`` by ``nn.SyncBatchNorm`` (same parameters and buffers)
+    except the DEQ cells' :class:`~lyadeq_zoo.deq.cells.FixedPointBatchNorm`; returns the names of those left.
+
+    A cell's BatchNorm runs at every solver iteration and records its running statistics once per forward
+    (``update_running_stats``); a plain SyncBatchNorm in its place would update them at every iteration, and
+    its all-reduce per call needs every rank to stop its solver at the same iteration. So it stays per process.
+    """
+    kept: list[str] = []
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FixedPointBatchNorm):
+                kept.append(f"{parent_name}.{name}" if parent_name else name)
+            elif isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+                setattr(parent, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+    return kept
+
+
 def distribute(model: nn.Module, cfg: TrainConfig, ctx: DistContext) -> tuple[nn.Module, nn.Module]:
-    """``(model, net)``: under torchrun ``net`` is the DistributedDataParallel wrapper (with SyncBatchNorm
-    when ``train.sync_bn`` on CUDA) and ``model`` the module inside it; in one process both are ``model``."""
+    """``(model, net)``: under torchrun ``net`` is the DistributedDataParallel wrapper and ``model`` the module
+    inside it; in one process both are ``model``. ``train.sync_bn`` (CUDA only: torch's SyncBatchNorm has no
+    CPU implementation) synchronises every BatchNorm but the DEQ cells' (see :func:`sync_batchnorms`)."""
     if not ctx.distributed:
         return model, model
     use_cuda = ctx.device.type == "cuda"
     if cfg.sync_bn:
-        if use_cuda:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        elif ctx.is_main:
-            warnings.warn("train.sync_bn needs CUDA (SyncBatchNorm has no CPU kernel); ignored", stacklevel=2)
+        if not use_cuda:
+            raise ConfigError(
+                "train.sync_bn: true needs CUDA (torch's SyncBatchNorm rejects CPU tensors), but this run uses "
+                f"{ctx.world_size} CPU processes; set train.sync_bn=false (each process then normalises with its "
+                "own share of the batch; see docs/training.md) or train on GPUs"
+            )
+        kept = sync_batchnorms(model)
+        if kept and ctx.is_main:
+            warnings.warn(
+                f"train.sync_bn: the DEQ cell BatchNorm(s) {', '.join(kept)} stay per process (they run at every "
+                "solver iteration; see docs/training.md); every other BatchNorm is synchronised",
+                stacklevel=2,
+            )
     net = nn.parallel.DistributedDataParallel(
         model, device_ids=[ctx.device.index] if use_cuda else None,
         find_unused_parameters=cfg.find_unused_parameters,
