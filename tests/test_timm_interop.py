@@ -46,6 +46,37 @@ def test_timm_data_config_feeds_unit_range_images() -> None:
     assert timm.models.get_pretrained_cfg(NAME).num_classes == 10
 
 
+def test_registry_cfg_is_the_models_cfg() -> None:
+    """timm.get_pretrained_cfg(name) holds what a built model carries (built once, without moving the RNG)."""
+    model = lz.create_model("lyadeq_cifar10")
+    registered = timm.models.get_pretrained_cfg("lyadeq_cifar10").to_dict(remove_null=False)
+    assert {key: registered[key] for key in model.pretrained_cfg} == model.pretrained_cfg
+    assert registered["first_conv"] == "backbone.stem.0" and registered["classifier"] == "head.classifier"
+    state = torch.get_rng_state()
+    fields = set(timm.models.PretrainedCfg.__dataclass_fields__)
+    assert timm_interop._pretrained_cfg(NAME, fields)["num_classes"] == 10
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_timm_data_config_follows_an_in_chans_change() -> None:
+    model = timm.create_model("lyadeq_cifar10", pretrained=True, in_chans=1, num_classes=4)
+    data_config = timm.data.resolve_model_data_config(model)
+    assert data_config["input_size"] == (1, 32, 32) and tuple(data_config["mean"]) == (0.0,)
+    assert model.num_classes == 4 and model.pretrained_cfg["num_classes"] == 4
+
+
+def test_timm_placement_and_refused_options() -> None:
+    model = timm.create_model(NAME, dtype=torch.float64).eval()
+    assert next(model.parameters()).dtype == torch.float64
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, 28, 28, dtype=torch.float64)).dtype == torch.float64
+    with pytest.raises(lz.ConfigError, match="take no pretrained_cfg"):
+        timm.create_model(NAME, pretrained_cfg_overlay={"file": "elsewhere.safetensors"})
+    with pytest.raises(lz.ConfigError, match="drop_rate=0.1 does not apply to 'deq_mnist': these models have no drop"):
+        timm.create_model(NAME, drop_rate=0.1)
+    assert timm.create_model(NAME, drop_rate=0.0).num_classes == 10  # a zero rate asks for nothing
+
+
 def test_registration_is_idempotent() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")

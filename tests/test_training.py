@@ -6,28 +6,38 @@ import ast
 import copy
 import importlib.util
 import json
+import re
+import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import torch
-from safetensors.torch import load_file
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 import lyadeq_zoo as lz
 from lyadeq_zoo.config import ConfigError
-from lyadeq_zoo.errors import CheckpointError
+from lyadeq_zoo.errors import CheckpointError, NonFiniteError, OutputWriteError
+from lyadeq_zoo.fileio import sha256_file
+from lyadeq_zoo.objectives import unwrap
 from lyadeq_zoo.training import (
     CheckpointWarning,
+    DistContext,
     EpochBatchSampler,
     TrainConfig,
     augment_batch,
     config_differences,
     list_checkpoints,
     load_latest,
+    save_checkpoint,
     train,
 )
-from lyadeq_zoo.training.checkpoint import verify_checkpoint
+from lyadeq_zoo.training.checkpoint import FORMAT, MANIFEST, verify_checkpoint
+from lyadeq_zoo.training.finite import clip_grads, grad_norm
+from lyadeq_zoo.training.model_setup import distribute, sync_batchnorms
 
 
 def tiny_config(**train_options: Any) -> dict[str, Any]:
@@ -264,3 +274,197 @@ def test_library_imports_never_read_the_half_initialised_package_root() -> None:
                 if not ((package / f"{alias.name}.py").is_file() or (package / alias.name).is_dir()):
                     offenders.append(f"{path.relative_to(package.parent)}:{node.lineno} imports {alias.name!r}")
     assert not offenders, "import these from the submodule that defines them: " + "; ".join(offenders)
+
+
+# -- nothing poisoned is kept ----------------------------------------------------------------------------
+class NanAtStep:
+    """Objective plugin: cross-entropy, except at its ``step``-th call (the global step of a fresh run).
+
+    ``where="loss"``: the loss is NaN. ``where="grad"``: ``sqrt(0 * p).sum()`` is added for parameter ``param``,
+    0 in value but NaN in gradient (d sqrt(u)/du is inf at u = 0, times du/dp = 0): the classic NaN gradient of
+    a norm taken at zero, with a finite loss.
+    """
+
+    def __init__(self, step: int, where: Literal["loss", "grad"] = "loss", param: str = "") -> None:
+        self.step, self.where, self.param, self.calls = step, where, param, 0
+
+    def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls += 1
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if self.calls == self.step and self.where == "loss":
+            loss = loss * float("nan")
+        elif self.calls == self.step:
+            loss = loss + torch.sqrt(dict(unwrap(model).named_parameters())[self.param] * 0).sum()
+        return loss, logits
+
+
+@pytest.fixture
+def nan_objective(restore_registries: Callable[[], None]) -> str:
+    lz.register("objective", "nan_at_step")(NanAtStep)
+    return "nan_at_step"
+
+
+def _tensor_bytes(checkpoint: Path) -> dict[str, bytes]:
+    return {name: (checkpoint / f"{name}.safetensors").read_bytes() for name in ("model", "optimizer", "rng")}
+
+
+def test_nan_loss_stops_the_run_at_its_step_and_keeps_the_good_checkpoints(tmp_path: Path, nan_objective: str) -> None:
+    # 2 epochs of 4 steps, checkpoints every 2 steps, keep_last 2: a NaN loss at global step 7 (epoch 2, step 3).
+    reference = tmp_path / "reference"  # the same run with a NaN that never comes
+    train(tiny_config(objective={"type": nan_objective, "step": 10**6}, keep_last=10), reference, progress=False)
+    run = tmp_path / "run"
+    expected = (
+        r"^non-finite value at epoch 2, step 3 of 4 \(global step 7\): the training loss is nan\. The optimizer step "
+        r"was not taken and no checkpoint was written; the last good checkpoint is \S*step-000000006 "
+        r"\(train\.init_from=\S*step-000000006/model\.safetensors starts a new run from its weights\)\. Lower "
+        r"train\.lr, set train\.grad_clip, .* start a new --out \(--resume repeats the same steps exactly\)\.$"
+    )
+    with pytest.raises(NonFiniteError, match=expected) as caught:
+        train(tiny_config(objective={"type": nan_objective, "step": 7}, keep_last=2), run, progress=False)
+    assert isinstance(caught.value, FloatingPointError)  # what callers caught before
+    kept = list_checkpoints(run / "checkpoints")
+    # keep_last rotated nothing out for the step that was refused: the two good checkpoints are there, intact
+    # and bit-identical to the run that never met a NaN; nothing was (half-)written after them.
+    assert [p.name for p in kept] == ["step-000000004", "step-000000006"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000000004", "step-000000006"]
+    for checkpoint in kept:
+        assert verify_checkpoint(checkpoint) is None
+        assert _tensor_bytes(checkpoint) == _tensor_bytes(reference / "checkpoints" / checkpoint.name)
+        weights = load_file(str(checkpoint / "model.safetensors"))
+        assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["global_step"] for r in records) == 6
+    # The last good weights start a new run, as the message says.
+    restart_config = tiny_config(epochs=1, init_from=str(kept[-1] / "model.safetensors"))
+    assert train(restart_config, tmp_path / "restart", progress=False).final_dir is not None
+
+
+def test_nan_gradient_names_the_parameter(tmp_path: Path, nan_objective: str) -> None:
+    objective = {"type": nan_objective, "step": 3, "where": "grad", "param": "head.classifier.weight"}
+    expected = (
+        r"^non-finite value at epoch 1, step 3 of 4 \(global step 3\): the loss is finite \([0-9.]+\) but the "
+        r"gradient of parameter 'head\.classifier\.weight' is not finite \(640 NaN, 0 inf of 640 values; 1 of \d+ "
+        r"parameters have non-finite gradients: head\.classifier\.weight\)\. The optimizer step was not taken"
+    )
+    with pytest.raises(NonFiniteError, match=expected):
+        train(tiny_config(objective=objective), tmp_path, progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step-000000002"]
+
+
+def test_grad_norm_and_clip_are_clip_grad_norm_computed_once() -> None:
+    for max_norm in (0.5, 1e6):  # clipped, and left alone
+        grads = [torch.randn(5, 3) * 10, torch.randn(7), torch.randn(())]
+        params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        expected = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norm = grad_norm(grads)
+        clip_grads(grads, max_norm, norm)
+        assert torch.equal(norm, expected)
+        assert all(torch.equal(g, p.grad) for g, p in zip(grads, params, strict=True))
+
+
+def test_save_checkpoint_refuses_non_finite_tensors(tmp_path: Path) -> None:
+    state = lz.build_model(tiny_config()).state_dict()
+    state["deq.cell.fc1.weight"][0, :3] = float("nan")
+    state["deq.cell.norm1.running_var"][1] = float("inf")
+    root = tmp_path / "checkpoints"
+    expected = (
+        r"^refusing to write checkpoint \S*step-000000005: its model tensor 'deq\.cell\.fc1\.weight' is not finite "
+        r"\(3 NaN, 0 inf of 4096 values; 1 other model tensor\(s\) too\); the checkpoints already in \S* are kept$"
+    )
+    with pytest.raises(NonFiniteError, match=expected):
+        save_checkpoint(root, 5, {"model": state, "optimizer": {}, "rng": {}}, {})
+    optimizer = {"0.exp_avg": torch.tensor([1.0, float("inf")])}
+    expected = re.escape("its optimizer tensor '0.exp_avg' is not finite (0 NaN, 1 inf of 2 values)")
+    with pytest.raises(NonFiniteError, match=expected):
+        save_checkpoint(root, 5, {"model": {}, "optimizer": optimizer, "rng": {}}, {})
+    assert not root.exists()  # nothing written, not even a temporary folder
+
+
+def _poison(checkpoint: Path, tensor: str) -> None:
+    """Put a NaN into ``tensor`` of the checkpoint's model.safetensors and update its manifest, as a writer
+    without the non-finite guard (an older version) would have left it."""
+    weights = load_file(str(checkpoint / "model.safetensors"))
+    weights[tensor].view(-1)[0] = float("nan")
+    save_file(weights, str(checkpoint / "model.safetensors"), metadata={"format": FORMAT})
+    manifest = json.loads((checkpoint / MANIFEST).read_text())
+    file = checkpoint / "model.safetensors"
+    manifest["files"][file.name] = {"bytes": file.stat().st_size, "sha256": sha256_file(file)}
+    (checkpoint / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_resume_skips_a_checkpoint_with_non_finite_tensors(tmp_path: Path) -> None:
+    reference = train(tiny_config(), tmp_path / "ref", progress=False)
+    run = tmp_path / "run"
+    train(tiny_config(), run, progress=False)
+    previous, newest = list_checkpoints(run / "checkpoints")[-2:]
+    _poison(newest, "deq.cell.norm2.running_var")
+    assert verify_checkpoint(newest) is None  # intact as files: only the values are poisoned
+    expected = re.escape(
+        f"checkpoint {newest} is damaged: its model tensor 'deq.cell.norm2.running_var' is not finite (1 NaN, 0 inf "
+        f"of 64 values): written by a run that had diverged. Renamed to corrupt-*; resuming from the previous "
+        f"checkpoint {previous.name} instead."
+    )
+    with pytest.warns(CheckpointWarning, match=expected):
+        resumed = train(tiny_config(), run, resume=True, progress=False)
+    assert resumed.resumed_from == previous and (run / "checkpoints" / f"corrupt-{newest.name}").is_dir()
+    assert _same_weights(resumed.model, reference.model)
+
+
+# -- a full disk, a read-only --out ----------------------------------------------------------------------
+CLI_TINY = ["--no-progress", "data.root=sample", "model.solver.max_iter=10", "train.epochs=1", "train.batch_size=64",
+            "train.limit_train=128", "train.limit_test=64", "train.final_eval=null"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses Linux's /sys and /dev/full")
+def test_read_only_out_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # sysfs refuses new entries even to root (EPERM; EACCES for other users): a real read-only --out.
+    main = _cli_main()
+    assert main(["lyadeq_mnist", "--out", "/sys/lyadeq_zoo_test_run", *CLI_TINY]) == 2
+    err = capsys.readouterr().err
+    assert err in {
+        "error: cannot write the config to /sys/lyadeq_zoo_test_run: [Errno 1] Operation not permitted — the folder "
+        "is not writable: choose another --out\n",
+        "error: cannot write the config to /sys/lyadeq_zoo_test_run: [Errno 13] Permission denied — the folder is "
+        "not writable: choose another --out\n",
+    }
+    # A path under a regular file.
+    (tmp_path / "file").write_text("")
+    assert main(["lyadeq_mnist", "--out", str(tmp_path / "file" / "run"), *CLI_TINY]) == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot write the config to {tmp_path / 'file' / 'run'}: [Errno 20] Not a directory — check the "
+        "folder or choose another --out\n"
+    )
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses Linux's /sys and /dev/full")
+def test_full_disk_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # /dev/full fails every write with ENOSPC: the run's metrics.jsonl is a link to it.
+    (tmp_path / "metrics.jsonl").symlink_to("/dev/full")
+    assert _cli_main()(["lyadeq_mnist", "--out", str(tmp_path), *CLI_TINY]) == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot write metrics to {tmp_path}: [Errno 28] No space left on device — free space or choose "
+        "another --out\n"
+    )
+    with pytest.raises(OutputWriteError) as caught:
+        train(tiny_config(epochs=1), tmp_path, progress=False)
+    assert isinstance(caught.value, OSError) and caught.value.__cause__.errno == 28
+
+
+# -- DDP and BatchNorm ------------------------------------------------------------------------------------
+def test_sync_bn_keeps_the_deq_cell_batchnorm_and_refuses_cpu() -> None:
+    model = lz.create_model("lyadeq_cifar10")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = [id(p) for p in model.parameters()]
+    assert sync_batchnorms(model) == ["deq.cell.norm1", "deq.cell.norm2"]
+    synced = [name for name, m in model.named_modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert synced and all(name.startswith("backbone.") for name in synced)  # resnet20's BatchNorm2d layers
+    # Same parameters (the optimizer built before still drives them) and the same state_dict.
+    assert [id(p) for p in model.parameters()] == params
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    two_cpu_ranks = DistContext(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), initialised_here=False)
+    with pytest.raises(ConfigError, match=r"train\.sync_bn: true needs CUDA .* set train\.sync_bn=false"):
+        distribute(lz.create_model("lyadeq_mnist"), TrainConfig(sync_bn=True), two_cpu_ranks)

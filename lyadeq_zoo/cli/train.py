@@ -7,9 +7,6 @@ train together with DistributedDataParallel. See docs/training.md. In a checkout
 ``PYTHONPATH``).
 """
 
-# TODO(lead): for now a copy of tools/train.py's logic (taken while that file was being edited elsewhere);
-# tools/train.py is to become a wrapper around this main, as the other tools/ scripts are.
-
 from __future__ import annotations
 
 import argparse
@@ -17,9 +14,9 @@ import importlib
 import sys
 from pathlib import Path
 
+from lyadeq_zoo.cli import command_line
 from lyadeq_zoo.errors import LyadeqZooError
 from lyadeq_zoo.training import train
-from lyadeq_zoo.training.outputs import default_command
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train(
             args.config, args.out, resume=args.resume, data_dir=args.data_dir, overrides=args.overrides,
-            progress=not args.no_progress, command=default_command(),
+            progress=not args.no_progress, command=command_line("lyadeq-train"),
         )
     except (LyadeqZooError, FileNotFoundError, FileExistsError, ValueError, FloatingPointError) as err:
         # The library's errors (bad config, damaged checkpoint, other data on --resume, a NaN loss, a full or

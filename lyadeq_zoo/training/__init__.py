@@ -6,15 +6,16 @@ module          job
 =============== ===========================================================================================
 ``config``      the ``train:`` section (:class:`TrainConfig`) and which keys may change on resume
 ``loop``        :func:`train`: the run as a sequence of steps (start, resume, epochs, finish)
-``data``        whole splits as tensors, batches by index, the seeded augmentation
-``model_setup`` the seeded model (``init_from``), Adam and its schedule, DDP, bf16 autocast
+``data``        whole splits as tensors and their fingerprints, batches by index, the seeded augmentation
+``model_setup`` the seeded model (``init_from``), Adam and its schedule, DDP and SyncBatchNorm, bf16 autocast
 ``meters``      running metric sums, their summaries, ``metrics.jsonl``
 ``run_eval``    clean test accuracy after epochs, the final ``lz.evaluate``
 ``run_state``   the run's state, what a checkpoint stores of it, how ``--resume`` restores it
 ``checkpoint``  the checkpoint folder format: atomic writes, manifest, verification, pruning
+``finite``      the per-step NaN / inf check of loss and gradient, the gradient norm, non-finite tensors
 ``rng``         seeding, and every rank's RNG states saved and restored
 ``distributed`` torchrun process group, the deterministic sharded sampler, collectives
-``outputs``     ``config.yaml``, ``curves.png`` and the ``final/`` save_pretrained folder
+``outputs``     ``config.yaml``, ``data.json``, ``curves.png``, ``final/``; write errors naming OUT
 =============== ===========================================================================================
 
 >>> from lyadeq_zoo.training import train

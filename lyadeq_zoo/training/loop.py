@@ -231,9 +231,8 @@ def _stop_if_not_finite(run: TrainingRun, epoch: int, step: int, loss: torch.Ten
     )
     if loss_ranks:
         on = f" on rank(s) {', '.join(map(str, loss_ranks))}" if run.ctx.distributed else ""
-        what = f"the training loss is {float(loss.detach())}{on}" if run.ctx.rank in loss_ranks else (
-            f"the training loss is not finite{on}"
-        )
+        value = float(loss.detach()) if run.ctx.rank in loss_ranks else "not finite"  # another rank's loss
+        what = f"the training loss is {value}{on}"
     else:
         what = f"the loss is finite ({float(loss.detach()):.6g}) but {gradient_problem(run.model.named_parameters())}"
     good = list_checkpoints(run.checkpoints)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import shlex
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -111,12 +109,6 @@ def save_final(
         name=directory.parent.name,
     )
     return directory
-
-
-def default_command(argv: list[str] | None = None) -> str:
-    """The command line that started this process (for the model card)."""
-    argv = sys.argv if argv is None else argv
-    return "python " + shlex.join(argv)
 
 
 def _last_epoch(history: list[Mapping[str, Any]]) -> dict[str, Any]:
