@@ -47,7 +47,9 @@ def _channel_values(values: float | Sequence[float] | None, in_chans: int, defau
         values = [float(values)] * in_chans
     values = [float(v) for v in values]
     if len(values) != in_chans:
-        raise ValueError(f"{name} must have one value per input channel ({in_chans}), got {values}")
+        raise ConfigError(
+            f"model.{name} must have one value per input channel ({in_chans}) or be a single number, got {values}"
+        )
     return values
 
 
@@ -162,7 +164,7 @@ class DEQClassifier(HubMixin, nn.Module):
             "std": _channel_values(std, self.in_chans, 1.0, "std"),
         }
         if min(self._normalisation["std"]) <= 0:
-            raise ValueError(f"std must be positive, got {std}")
+            raise ConfigError(f"model.std must be positive, got {std}")
         self.register_buffer("mean", _per_channel(self._normalisation["mean"]), persistent=False)
         self.register_buffer("std", _per_channel(self._normalisation["std"]), persistent=False)
         self.backbone = build_component(
@@ -304,7 +306,7 @@ class DEQClassifier(HubMixin, nn.Module):
             source = adapt_channel_values(self._normalisation[key], in_chans) if given is None else given
             values[key] = _channel_values(source, in_chans, default, key)
         if min(values["std"]) <= 0:
-            raise ConfigError(f"std must be positive, got {values['std']}")
+            raise ConfigError(f"model.std must be positive, got {values['std']}")
         if in_chans != self.in_chans:
             self._adapt_first_layer(in_chans)
         self._normalisation = values
