@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def test_quick_run_writes_every_section(quick: tuple[dict, Path]) -> None:
     result, path = quick
     assert result["format"] == "lyadeq-zoo-bench/1" and result["quick"] is True
     assert result["threads"] == 1 and result["device"] == "cpu"
-    assert result["command"] == f"lyadeq-benchmark --quick --json {path}"
+    assert result["command"] == f"lyadeq-benchmark --quick --json {os.path.relpath(path)}"  # no absolute paths
     assert result["machine"].startswith("cpu-") and result["machine"].endswith("core")
     assert _positive(result["gemm"]["flops_per_s"])
     for section in ("solvers", "model", "memory", "attacks", "targets"):
