@@ -10,7 +10,7 @@ and a dynamics ``F`` is projected so that V decreases at rate ``c`` wherever it 
 
 Everything is per sample (no batch sums in V, in the inner product or in the normaliser), and ∇V stays in the
 autograd graph: training updates the ICNN through it, and a white-box attack differentiates through the projection
-(no gradient masking by construction). Defects of public code that this avoids are listed in PAPER.md.
+(no gradient masking by construction). Defects of public code that this avoids are listed in docs/method.md.
 
 How ∇V is computed (``grad_method``):
 

@@ -35,7 +35,7 @@ KINDS: tuple[str, ...] = (
     "model",
 )
 
-# DESIGN.md fixes these group names ("lyapunov" stays singular there; "backwards" follows the pattern).
+# The public group names (docs/api.md): "lyapunov" stays singular, the others take an "s" ("backwards" too).
 ENTRY_POINT_GROUPS: dict[str, str] = {
     kind: f"lyadeq_zoo.{kind if kind == 'lyapunov' else kind + 's'}" for kind in KINDS
 }

@@ -42,7 +42,8 @@ def build_page(
         "should fall to ~0%.",
         f"- Our numbers that differ from the paper's by {DIFF_POINTS:g} points or more are in **bold**; Δ is ours "
         "minus the paper's. The paper's white-box numbers that barely move with eps are the signature of gradient "
-        'masking (see `PAPER.md`, "Read with care"), so a lower number here is not necessarily a worse model.',
+        "masking (see [the method page](method.md#reading-robustness-numbers)), so a lower number here is not "
+        "necessarily a worse model.",
         "",
     ]
     if problems:
@@ -59,9 +60,9 @@ def build_page(
         lines += [
             "## Not evaluated",
             "",
-            f"{names}: no model of these data sets is shipped or has an eval JSON in `{runs}` yet (SVHN and "
-            "CIFAR-100 have no copy in `../shared/data`). The paper's numbers are in each zoo config's `meta` and in "
-            "`PAPER.md`.",
+            f"{names}: no model of these data sets is shipped or has an eval JSON in `{runs}` yet (no offline copy "
+            "of SVHN or CIFAR-100 was available to train them). The paper's numbers are in each zoo config's `meta` "
+            "and in [the method page](method.md#numbers-the-paper-reports).",
             "",
         ]
     lines += reproduce_section(models, runs=runs, out=out, figures=figures)
