@@ -40,3 +40,13 @@ def test_readme_component_list_is_current() -> None:
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_quick_start_runs() -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"## Quick start\s*```python\n(.+?)\n```", text, re.S).group(1)
+    first_model = next(line for line in code.splitlines() if "create_model" in line)
+    assert "pretrained=True" in first_model, "the quick start shows the pretrained model first"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "tensor(" in result.stdout and "anderson" in result.stdout
