@@ -13,35 +13,63 @@ A config is a mapping with these top-level sections (all optional except where a
 Validation checks every key of every component spec against the signature of the registered
 component, so a typo is reported with its key path, the file that set it, the allowed keys and the
 closest match, before anything is built. Every value is checked against the annotation of its parameter
-(:func:`check_value`): ``int`` refuses ``true`` and ``"thirty"``, a ``Literal`` lists its choices, and so
-on; an option whose annotation is missing, ``Any`` or cannot be resolved is not checked.
+(:func:`lyadeq_zoo.option_types.check_value`): ``int`` refuses ``true`` and ``"thirty"``, a ``Literal`` lists
+its choices, and so on; an option whose annotation is missing, ``Any`` or cannot be resolved is not checked.
+The type checker lives in :mod:`lyadeq_zoo.option_types`; its public names are re-exported here.
 """
 
 from __future__ import annotations
 
-import collections.abc
 import copy
 import inspect
-import numbers
-import os
 import re
-import types
-import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any
 
 import yaml
 
 from .errors import ConfigError, UnknownComponentError, closest_match
+from .option_types import (
+    NESTED_ATTRIBUTE,
+    check_options,
+    check_value,
+    describe_type,
+    matches,
+    nested_kind,
+    option_annotations,
+)
 from .registry import KINDS, get_component
+
+__all__ = [
+    "BASE_KEY",
+    "FREE_SECTIONS",
+    "NESTED_ATTRIBUTE",
+    "SUPPLIED_ATTRIBUTE",
+    "ConfigError",
+    "accepted_keys",
+    "allowed_sections",
+    "apply_overrides",
+    "check_options",
+    "check_value",
+    "describe_type",
+    "load_config",
+    "matches",
+    "merge_configs",
+    "nested_kind",
+    "option_annotations",
+    "parse_number",
+    "parse_yaml",
+    "register_section",
+    "validate_component",
+    "validate_config",
+]
 
 BASE_KEY = "_base_"
 FREE_SECTIONS = {"meta"}
 _SECTION_SCHEMAS: dict[str, Callable[[], Iterable[str] | Mapping[str, Any]]] = {}
 _COMPONENT_SECTIONS = {"model": "model", "data": "dataset"}
 SUPPLIED_ATTRIBUTE = "__lyadeq_zoo_supplied__"  # constructor args the parent passes, not the config
-NESTED_ATTRIBUTE = "__lyadeq_zoo_nested__"  # extra {key: kind} for nested specs not named after a kind
 
 Path_t = tuple[str, ...]
 
@@ -188,271 +216,6 @@ def apply_overrides(
     return config
 
 
-# -- option values against annotations --------------------------------------------------------------
-_NONE_TYPE = type(None)
-_SEQUENCES = (list, tuple, collections.abc.Sequence, collections.abc.MutableSequence)
-_MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
-_UNIONS = (Union, types.UnionType)
-_REPR_LIMIT = 80
-
-
-def option_annotations(component: Any) -> dict[str, Any]:
-    """``{parameter: annotation}`` of a component's options: its ``__init__`` (a class) or itself (a function).
-
-    String annotations (``from __future__ import annotations``) are resolved with ``typing.get_type_hints``
-    in the defining module. When that fails, each annotation is resolved on its own and the ones that still
-    fail are left out, so they are not checked.
-    """
-    target = component.__init__ if inspect.isclass(component) else component
-    if target is object.__init__:
-        return {}
-    try:
-        hints = typing.get_type_hints(target, include_extras=True)
-    except Exception:  # noqa: BLE001 - any failure to resolve means "check what can be resolved"
-        hints = _resolve_one_by_one(target)
-    hints.pop("return", None)
-    return hints
-
-
-def _resolve_one_by_one(target: Any) -> dict[str, Any]:
-    raw = getattr(target, "__annotations__", None)
-    if not isinstance(raw, Mapping):
-        return {}
-    namespace = getattr(inspect.unwrap(target), "__globals__", {})
-    hints = {}
-    for name, annotation in raw.items():
-        holder = types.SimpleNamespace(__annotations__={name: annotation})
-        try:
-            hints.update(typing.get_type_hints(holder, globalns=namespace, include_extras=True))
-        except Exception:  # noqa: BLE001 - unresolvable: this option is not checked
-            continue
-    return hints
-
-
-def _strip(annotation: Any) -> Any:
-    while typing.get_origin(annotation) is Annotated:
-        annotation = typing.get_args(annotation)[0]
-    if isinstance(annotation, typing.NewType):
-        return _strip(annotation.__supertype__)
-    return annotation
-
-
-def _union_arms(annotation: Any) -> tuple[Any, ...] | None:
-    return typing.get_args(annotation) if typing.get_origin(annotation) in _UNIONS else None
-
-
-def _container(annotation: Any) -> Any:
-    """``list``, ``dict``, ``collections.abc.Sequence`` ... for ``list[int]`` and for bare ``list`` alike."""
-    return typing.get_origin(annotation) or annotation
-
-
-def _is_sequence_type(annotation: Any) -> bool:
-    return _container(annotation) in _SEQUENCES
-
-
-def _is_mapping_type(annotation: Any) -> bool:
-    return _container(annotation) in _MAPPINGS
-
-
-def _item_types(annotation: Any, length: int) -> list[Any] | None:
-    """The annotation of each of ``length`` items of a sequence type, or None if the length is wrong."""
-    args = typing.get_args(annotation)
-    if _container(annotation) is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-        if args == ((),):  # tuple[()]
-            args = ()
-        return list(args) if len(args) == length else None
-    return [args[0] if args else Any] * length
-
-
-def matches(value: Any, annotation: Any) -> bool:
-    """Whether ``value`` fits ``annotation`` (see :func:`check_value` for the rules)."""
-    annotation = _strip(annotation)
-    if annotation in (Any, object, inspect.Parameter.empty):
-        return True
-    if isinstance(annotation, (typing.TypeVar, typing.ForwardRef, str)):  # generic or unresolved: no check
-        return True
-    if annotation is None or annotation is _NONE_TYPE:
-        return value is None
-    arms = _union_arms(annotation)
-    if arms is not None:
-        return any(matches(value, arm) for arm in arms)
-    if typing.get_origin(annotation) is Literal:
-        return any(value == choice and type(value) is type(choice) for choice in typing.get_args(annotation))
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    if _is_sequence_type(annotation):
-        if not isinstance(value, (list, tuple)):
-            return False
-        items = _item_types(annotation, len(value))
-        return items is not None and all(matches(v, a) for v, a in zip(value, items, strict=True))
-    if _is_mapping_type(annotation):
-        if not isinstance(value, Mapping):
-            return False
-        key_type, value_type = (typing.get_args(annotation) or (Any, Any))[:2]
-        return all(matches(k, key_type) and matches(v, value_type) for k, v in value.items())
-    if _container(annotation) is collections.abc.Callable:
-        return callable(value)
-    if isinstance(annotation, type):
-        if issubclass(annotation, os.PathLike) and isinstance(value, str):
-            return True  # a path option accepts the path as a string (how YAML writes it)
-        try:
-            return isinstance(value, annotation)
-        except TypeError:  # e.g. a protocol that is not runtime-checkable
-            return True
-    origin = typing.get_origin(annotation)
-    if isinstance(origin, type):
-        try:
-            return isinstance(value, origin)
-        except TypeError:
-            return True
-    return True  # an annotation form we do not know: no check
-
-
-def describe_type(annotation: Any) -> str:
-    """``annotation`` in words: ``int``, ``one of 'ce', 'cw', 'dlr'``, ``list of float``, ``int or null``."""
-    annotation = _strip(annotation)
-    if annotation in (Any, object, inspect.Parameter.empty):
-        return "any value"
-    if annotation is None or annotation is _NONE_TYPE:
-        return "null"
-    arms = _union_arms(annotation)
-    if arms is not None:
-        real = [_strip(arm) for arm in arms if arm is not _NONE_TYPE]
-        literals = [arm for arm in real if typing.get_origin(arm) is Literal]
-        others = [describe_type(arm) for arm in real if typing.get_origin(arm) is not Literal]
-        if literals:
-            choices = [choice for arm in literals for choice in typing.get_args(arm)]
-            others.insert(0, describe_type(Literal[tuple(choices)]))
-        words = " or ".join(others)
-        return f"{words} or null" if len(real) < len(arms) else words
-    if typing.get_origin(annotation) is Literal:
-        choices = ", ".join("null" if c is None else repr(c) for c in typing.get_args(annotation))
-        return f"one of {choices}" if len(typing.get_args(annotation)) > 1 else choices
-    if _is_sequence_type(annotation):
-        args = typing.get_args(annotation)
-        if not args:
-            return "list"
-        if _container(annotation) is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(set(args)) == 1:
-                return f"list of {len(args)} {_nested_words(args[0])}"
-            return f"list [{', '.join(describe_type(a) for a in args)}]"
-        return f"list of {_nested_words(args[0])}"
-    if _is_mapping_type(annotation):
-        args = typing.get_args(annotation)
-        if not args or (_strip(args[1]) in (Any, object) and _strip(args[0]) in (str, Any)):
-            return "mapping"
-        return f"mapping of {_nested_words(args[0])} to {_nested_words(args[1])}"
-    if _container(annotation) is collections.abc.Callable:
-        return "callable"
-    if isinstance(annotation, type):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
-
-
-def _nested_words(annotation: Any) -> str:
-    words = describe_type(annotation)
-    return f"({words})" if " or " in words or words.startswith("one of") else words
-
-
-def _describe_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    text = repr(value)
-    if len(text) > _REPR_LIMIT:
-        text = text[: _REPR_LIMIT - 3] + "..."
-    return f"{text} ({type(value).__name__})"
-
-
-def _innermost_mismatch(value: Any, annotation: Any, where: str) -> tuple[Any, Any, str]:
-    """``(value, annotation, where)`` of the item to blame: ``widths[1]`` rather than the whole list."""
-    annotation = _strip(annotation)
-    arms = _union_arms(annotation)
-    candidates = [_strip(a) for a in arms] if arms is not None else [annotation]
-    if isinstance(value, (list, tuple)):
-        sequences = [a for a in candidates if _is_sequence_type(a)]
-        if len(sequences) == 1:
-            items = _item_types(sequences[0], len(value))
-            if items is not None:
-                for i, (item, item_type) in enumerate(zip(value, items, strict=True)):
-                    if not matches(item, item_type):
-                        return _innermost_mismatch(item, item_type, f"{where}[{i}]")
-    elif isinstance(value, Mapping):
-        mappings = [a for a in candidates if _is_mapping_type(a)]
-        if len(mappings) == 1:
-            key_type, value_type = (typing.get_args(mappings[0]) or (Any, Any))[:2]
-            for key, item in value.items():
-                if not matches(key, key_type):
-                    return key, key_type, f"{where} (key {key!r})"
-                if not matches(item, value_type):
-                    return _innermost_mismatch(item, value_type, f"{where}.{key}")
-    return value, annotation, where
-
-
-def check_value(value: Any, annotation: Any, where: str, source: str | None = None) -> None:
-    """Raise :class:`ConfigError` unless ``value`` fits the type ``annotation``.
-
-    ``where`` is the key path for the message (``model.solver.max_iter``), ``source`` the file or
-    override that set it. Rules: ``bool`` is not an ``int`` nor a ``float``; an ``int`` is a ``float``;
-    a list or tuple is a sequence (``list[int]``, ``tuple[float, float]``, ``Sequence[int]``; a string
-    is not); ``Literal`` compares value and type; unions and ``X | None`` take any arm; a mapping is a
-    ``dict``/``Mapping``; ``Any``, a missing annotation or an unknown form accepts everything.
-    Message: ``model.solver.max_iter: expected int, got True (bool) (from override 'model.solver.max_iter=true')``.
-    """
-    if matches(value, annotation):
-        return
-    value, annotation, where = _innermost_mismatch(value, annotation, where)
-    message = f"{where}: expected {describe_type(annotation)}, got {_describe_value(value)}"
-    if source:
-        message += f" (from {source})"
-    choices = _literal_strings(annotation)
-    if isinstance(value, str) and choices:
-        hint = closest_match(value, choices)
-        if hint:
-            message += f". Did you mean {hint!r}?"
-    raise ConfigError(message)
-
-
-def _literal_strings(annotation: Any) -> list[str]:
-    annotation = _strip(annotation)
-    arms = _union_arms(annotation) or (annotation,)
-    return [
-        choice
-        for arm in arms
-        if typing.get_origin(_strip(arm)) is Literal
-        for choice in typing.get_args(_strip(arm))
-        if isinstance(choice, str)
-    ]
-
-
-def check_options(component: Any, options: Mapping[str, Any], where: str, source: str | None = None) -> None:
-    """Check each option value of ``component`` against its parameter annotation (nested specs too).
-
-    ``options`` are the spec's keys other than ``type``; ``where`` prefixes the key paths in messages.
-    A key holding a nested component spec (``solver:``, a transfer attack's ``attack:``) is checked
-    against that component's annotations. Keys are not checked here (see :func:`validate_component`).
-    """
-    hints = option_annotations(component)
-    for key, value in options.items():
-        if key == "type":
-            continue
-        key_where = f"{where}.{key}" if where else str(key)
-        sub_kind = nested_kind(component, key)
-        if sub_kind is not None and isinstance(value, Mapping) and "type" in value:
-            try:
-                sub_component = get_component(sub_kind, value["type"])
-            except UnknownComponentError:
-                continue  # building it reports the unknown name
-            check_options(sub_component, value, key_where, source)
-        elif key in hints:
-            check_value(value, hints[key], key_where, source)
-
-
 # -- validation -------------------------------------------------------------------------------------
 def _source(provenance: Mapping[Path_t, str], path: Path_t) -> str:
     for end in range(len(path), -1, -1):
@@ -477,23 +240,31 @@ def accepted_keys(component: Any) -> tuple[list[str], bool]:
     return names, var_kw
 
 
-def nested_kind(component: Any, key: str) -> str | None:
-    """The component kind expected under ``key`` of ``component``'s spec, if any."""
-    extra = getattr(component, NESTED_ATTRIBUTE, {}) or {}
-    if key in extra:
-        return extra[key]
-    return key if key in KINDS else None
-
-
-def validate_component(
-    kind: str, spec: Any, path: Path_t, provenance: Mapping[Path_t, str] | None = None
-) -> None:
+def validate_component(kind: str, spec: Any, path: Path_t, provenance: Mapping[Path_t, str] | None = None) -> None:
     """Check one component spec (and its nested specs) against the registered signatures.
 
     Each key must be a parameter of the component, and each value must fit that parameter's annotation
     (:func:`check_value`); messages name the key path and the file or override it came from.
     """
     provenance = provenance or {}
+    component = _spec_component(kind, spec, path, provenance)
+    allowed, var_kw = accepted_keys(component)
+    hints = option_annotations(component)
+    for key, value in spec.items():
+        if key == "type":
+            continue
+        key_path = (*path, key)
+        if not var_kw and key not in allowed:
+            raise _unknown_key_error(kind, spec, component, key_path, allowed, provenance)
+        sub_kind = nested_kind(component, key)
+        if sub_kind is not None and value is not None:
+            validate_component(sub_kind, value, key_path, provenance)
+        elif key in hints:
+            check_value(value, hints[key], ".".join(key_path), _source(provenance, key_path))
+
+
+def _spec_component(kind: str, spec: Any, path: Path_t, provenance: Mapping[Path_t, str]) -> Any:
+    """The registered component a spec's ``type`` names; ConfigError if the spec is not a mapping with one."""
     where = ".".join(path) or "<root>"
     if not isinstance(spec, dict):
         raise ConfigError(
@@ -505,31 +276,31 @@ def validate_component(
             f"{where} (from {_source(provenance, path)}) has no 'type' key; it must name a registered {kind}"
         )
     try:
-        component = get_component(kind, spec["type"])
+        return get_component(kind, spec["type"])
     except UnknownComponentError as err:
         raise ConfigError(f"{where}.type (from {_source(provenance, (*path, 'type'))}): {err}") from None
-    allowed, var_kw = accepted_keys(component)
-    hints = option_annotations(component)
-    for key, value in spec.items():
-        if key == "type":
-            continue
-        key_path = (*path, key)
-        if not var_kw and key not in allowed:
-            hint = closest_match(key, allowed)
-            msg = (
-                f"{'.'.join(key_path)} (from {_source(provenance, key_path)}): {kind} {spec['type']!r} "
-                f"accepts no key {key!r}. Allowed keys: {', '.join(['type', *allowed])}."
-            )
-            if key in getattr(component, SUPPLIED_ATTRIBUTE, ()):
-                msg += f" {key!r} is set by the enclosing model; remove it from the config."
-            elif hint:
-                msg += f" Did you mean {hint!r}?"
-            raise ConfigError(msg)
-        sub_kind = nested_kind(component, key)
-        if sub_kind is not None and value is not None:
-            validate_component(sub_kind, value, key_path, provenance)
-        elif key in hints:
-            check_value(value, hints[key], ".".join(key_path), _source(provenance, key_path))
+
+
+def _unknown_key_error(
+    kind: str,
+    spec: Mapping[str, Any],
+    component: Any,
+    key_path: Path_t,
+    allowed: list[str],
+    provenance: Mapping[Path_t, str],
+) -> ConfigError:
+    """The error for a key the component does not accept: the allowed keys and the fix."""
+    key = key_path[-1]
+    msg = (
+        f"{'.'.join(key_path)} (from {_source(provenance, key_path)}): {kind} {spec['type']!r} "
+        f"accepts no key {key!r}. Allowed keys: {', '.join(['type', *allowed])}."
+    )
+    hint = closest_match(key, allowed)
+    if key in getattr(component, SUPPLIED_ATTRIBUTE, ()):
+        msg += f" {key!r} is set by the enclosing model; remove it from the config."
+    elif hint:
+        msg += f" Did you mean {hint!r}?"
+    return ConfigError(msg)
 
 
 def validate_config(config: Mapping[str, Any], provenance: Mapping[Path_t, str] | None = None) -> None:

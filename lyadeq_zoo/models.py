@@ -3,6 +3,8 @@
 ``images in [0, 1] -> normalise -> backbone -> DEQ layer (z* = f(z*, x)) -> [Lyapunov projection] -> head``
 
 Zoo entries (``lyadeq_mnist`` ...) are configs naming ``model.type: deq_classifier``; see configs/.
+``cell: null`` leaves the DEQ layer out (``images -> normalise -> backbone -> head``): the zoo's ``plain_*``
+baselines, the same extractor and head without an equilibrium.
 
 The class keeps timm's model contract (``pretrained_cfg``, ``num_features``, ``forward_features``,
 ``forward_head``, ``reset_classifier`` ...) and huggingface_hub's (``save_pretrained``, ``push_to_hub``,
@@ -89,6 +91,33 @@ def head_pre_logits(head: nn.Module, z: torch.Tensor) -> torch.Tensor:
     return z
 
 
+def _check_deq_specs(
+    cell: dict[str, Any] | None,
+    solver: dict[str, Any] | None,
+    backward: dict[str, Any] | None,
+    lyapunov: dict[str, Any] | None,
+) -> None:
+    """A DEQ layer needs solver and backward specs; a model without one (``cell: null``) takes no Lyapunov module.
+
+    Without a DEQ layer the solver and backward specs are unused and may stay set (the zoo's ``plain_*`` configs
+    inherit them), so that one override such as ``solver={"max_iter": 10}`` applies to every zoo name.
+    """
+    if cell is None:
+        if lyapunov is not None:
+            raise ConfigError(
+                "model.cell is null (no DEQ layer: the head reads the backbone features), so model.lyapunov has "
+                "no dynamics to stabilise; set lyapunov: null, or give a cell spec"
+            )
+        return
+    missing = [name for name, value in (("solver", solver), ("backward", backward)) if value is None]
+    if missing:
+        raise ConfigError(
+            f"model.cell is set but model.{' and model.'.join(missing)} is null: a DEQ layer needs both a solver "
+            "and a backward spec (e.g. solver: {type: anderson}, backward: {type: ift}), or set cell: null for a "
+            "model without a DEQ layer"
+        )
+
+
 @register("model", ARCHITECTURE)
 class DEQClassifier(HubMixin, nn.Module):
     """DEQ image classifier with an optional Lyapunov stability module (the paper's LyaDEQ when set).
@@ -99,7 +128,9 @@ class DEQClassifier(HubMixin, nn.Module):
         width: the DEQ state size (backbone output, cell width, Lyapunov width, head input).
         mean, std: per-channel input normalisation applied inside the model (inputs are in [0, 1]).
         backbone, cell, solver, backward, lyapunov, head: component specs (``type:`` + options).
-            ``lyapunov: null`` gives a plain DEQ.
+            ``lyapunov: null`` gives a plain DEQ. ``cell: null`` (with ``lyapunov: null``, ``head_input: state``)
+            gives no DEQ layer at all: the head reads the backbone features ``u`` ``(N, width)``; ``self.deq``,
+            ``self.cell`` and ``last_info`` are None, and ``solver`` / ``backward`` are unused.
         head_input: which tensor feeds the head, with ``F(z) = f(z, x) - z`` at the equilibrium z* and F̂ its
             Lyapunov projection: ``corrected`` = ``z* + F̂(z*)`` (the state after one step of the stabilised
             dynamics), ``projected`` = ``F̂(z*)`` alone, ``state`` = ``z*`` (required for plain DEQs).
@@ -108,7 +139,7 @@ class DEQClassifier(HubMixin, nn.Module):
 
     ``forward(x)`` returns logits ``(N, num_classes)`` and keeps per-sample, detached diagnostics of that call
     in ``self.last_info``: ``nstep``, ``rel_residual`` and, with a Lyapunov module, ``lyapunov_value`` V(z*) and
-    ``lyapunov_decrease`` ∇V(z*)ᵀF̂(z*) + c·V(z*).
+    ``lyapunov_decrease`` ∇V(z*)ᵀF̂(z*) + c·V(z*). Without a DEQ layer nothing is solved: ``last_info`` stays None.
 
     timm's model contract: ``forward(x) == forward_head(forward_features(x))``.
 
@@ -138,9 +169,9 @@ class DEQClassifier(HubMixin, nn.Module):
         img_size: int | Sequence[int],
         width: int,
         backbone: dict[str, Any],
-        cell: dict[str, Any],
-        solver: dict[str, Any],
-        backward: dict[str, Any],
+        cell: dict[str, Any] | None,
+        solver: dict[str, Any] | None,
+        backward: dict[str, Any] | None,
         head: dict[str, Any],
         lyapunov: dict[str, Any] | None = None,
         head_input: Literal["corrected", "projected", "state"] = "corrected",
@@ -154,6 +185,7 @@ class DEQClassifier(HubMixin, nn.Module):
             raise ValueError(
                 f"head_input {head_input!r} needs a Lyapunov module; set a lyapunov spec or head_input: state"
             )
+        _check_deq_specs(cell, solver, backward, lyapunov)
         self.num_classes, self.in_chans = _check_num_classes(num_classes), check_channel_count(in_chans)
         self.width = int(width)
         self.img_size = _hw(img_size)
@@ -170,7 +202,11 @@ class DEQClassifier(HubMixin, nn.Module):
         self.backbone = build_component(
             "backbone", backbone, in_chans=in_chans, img_size=img_size, out_features=self.width
         )
-        self.deq = DEQLayer(build_component("cell", cell, width=self.width), solver=solver, backward=backward)
+        self.deq = (
+            None
+            if cell is None
+            else DEQLayer(build_component("cell", cell, width=self.width), solver=solver, backward=backward)
+        )
         self.lyapunov = None if lyapunov is None else build_component("lyapunov", lyapunov, width=self.width)
         # A feature model (num_classes 0) builds its head with one class, then drops the classifier.
         self.head = build_component("head", head, in_features=self.width, num_classes=max(self.num_classes, 1))
@@ -179,12 +215,14 @@ class DEQClassifier(HubMixin, nn.Module):
         self._classifier_bias = not isinstance(classifier, nn.Linear) or classifier.bias is not None
         if self.num_classes == 0:
             self.reset_classifier(0)
-        self.last_info: dict[str, torch.Tensor] = {}
+        # None without a DEQ layer: no solver ran, so there is nothing to report (lz.stability_report says so).
+        self.last_info: dict[str, torch.Tensor] | None = None if self.deq is None else {}
         self.pretrained_cfg: dict[str, Any] = {"architecture": ARCHITECTURE, "tag": None, **self._model_cfg()}
 
     @property
-    def cell(self) -> nn.Module:
-        return self.deq.cell
+    def cell(self) -> nn.Module | None:
+        """The DEQ layer's cell ``f(z, u)``; None for a model without a DEQ layer (``cell: null``)."""
+        return None if self.deq is None else self.deq.cell
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ValueError naming the expected and the given shape unless ``x`` is ``(N, C, H, W)``."""
@@ -196,9 +234,14 @@ class DEQClassifier(HubMixin, nn.Module):
             )
 
     def equilibrium(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """``(z*, injected features u, solver info)`` for images ``x`` ``(N, C, H, W)`` in [0, 1]."""
+        """``(z*, injected features u, solver info)`` for images ``x`` ``(N, C, H, W)`` in [0, 1].
+
+        Without a DEQ layer (``cell: null``) there is no fixed point: ``z*`` is ``u`` itself, the info empty.
+        """
         self.check_input(x)
         u = self.backbone((x - self.mean) / self.std)
+        if self.deq is None:
+            return u, u, {}
         z_star, info = self.deq(u)
         if self.training and hasattr(self.cell, "update_running_stats"):
             # The cell's BatchNorm never updates running statistics during the solve; do it once, at z*.
@@ -208,6 +251,8 @@ class DEQClassifier(HubMixin, nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The head's input ``(N, width)`` (see ``head_input``); also refreshes ``last_info``."""
         z_star, u, info = self.equilibrium(x)
+        if self.deq is None:
+            return z_star
         last = {k: info[k].detach() for k in ("nstep", "rel_residual") if k in info}
         feats = z_star
         if self.lyapunov is not None:
@@ -220,6 +265,28 @@ class DEQClassifier(HubMixin, nn.Module):
                 feats = f_hat
         self.last_info = last
         return feats
+
+    def path_logits(self, x: torch.Tensor, steps: int) -> list[torch.Tensor]:
+        """Logits ``(N, num_classes)`` at each state ``z_1 .. z_steps`` of the plain fixed-point iteration
+        ``z_{k+1} = f(z_k, u)`` from ``z_0 = 0`` (:meth:`DEQLayer.iterates`, not the model's solver), each passed
+        through the Lyapunov stage and the head as :meth:`features` passes ``z*`` (with ``F(z_k) = z_{k+1} - z_k``).
+
+        Differentiable in ``x`` through every step and independent of the backward mode: attacks through the
+        solver's intermediate states use it. ``last_info`` is left alone. Raises ConfigError without a DEQ layer.
+        """
+        if self.deq is None:
+            raise ConfigError("path_logits: this model has no DEQ layer (cell: null), so there is no solver path")
+        self.check_input(x)
+        u = self.backbone((x - self.mean) / self.std)
+        path = self.deq.iterates(u, int(steps) + 1)
+        logits = []
+        for z, z_next in zip(path[1:-1], path[2:], strict=True):
+            feats = z
+            if self.lyapunov is not None:
+                f_hat, _ = self.lyapunov.project(z, z_next - z)
+                feats = z + f_hat if self.head_input == "corrected" else f_hat if self.head_input == "projected" else z
+            logits.append(self.head(feats))
+        return logits
 
     # -- timm's model contract -------------------------------------------------------------------------
     @property

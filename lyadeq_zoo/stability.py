@@ -33,11 +33,20 @@ def stability_report(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tenso
     BatchNorm model would also update its running statistics once). Works for any model that stores its last
     forward's diagnostics in ``model.last_info`` (as :class:`lyadeq_zoo.models.DEQClassifier` does); the keys
     of :data:`SOLVER_KEYS` missing there are taken from the model's DEQ layer when it has exactly one.
+    Raises TypeError for a model without such diagnostics, e.g. one without a DEQ layer (``last_info`` None
+    and no DEQ layer: a ``plain_*`` baseline).
     """
     if not hasattr(model, "last_info"):
         raise TypeError(
             f"{type(model).__name__} keeps no solver diagnostics (no .last_info attribute); stability_report "
             "needs a DEQ model such as lz.create_model('lyadeq_mnist')"
+        )
+    layers = [module for module in model.modules() if isinstance(module, DEQLayer)]
+    if not layers and model.last_info is None:
+        raise TypeError(
+            f"{type(model).__name__} has no DEQ layer (built with model.cell: null, as the zoo's plain_* "
+            "baselines): it solves no equilibrium, so there is no solver or Lyapunov diagnostic to report; "
+            "stability_report needs a DEQ model such as lz.create_model('lyadeq_mnist')"
         )
     with torch.no_grad():
         model(x)
@@ -45,7 +54,6 @@ def stability_report(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tenso
     missing = [k for k in ("nstep", "rel_residual") if k not in info]
     if missing:
         raise RuntimeError(f"{type(model).__name__}.last_info lacks {missing} after a forward pass")
-    layers = [module for module in model.modules() if isinstance(module, DEQLayer)]
     if len(layers) == 1 and layers[0].last_info is not None:
         layer_info = layers[0].last_info
         info.update({k: layer_info[k] for k in SOLVER_KEYS if k in layer_info and k not in info})

@@ -197,7 +197,7 @@ def test_shipped_suites() -> None:
         assert [a.steps for a in built] == [2, 5, 7, 10]
     strong = load_suite("strong", "cifar10")
     types = {a["type"] for a in strong["attacks"]}
-    assert types == {"ifgsm", "pgd", "apgd", "fgsm", "transfer", "square"}
+    assert types == {"ifgsm", "pgd", "apgd", "fgsm", "transfer", "square", "autoattack", "intermediate", "divergence"}
     assert all(a["eps"][-1] == pytest.approx(32 / 255) for a in strong["attacks"])
     assert load_suite("strong", "mnist")["attacks"][0]["eps"][-1] == pytest.approx(0.3)
     transfer = next(a for a in strong["attacks"] if a["type"] == "transfer")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .common import FORMAT
 from .solvers import SOLVER_PAIRS
 from .targets import TARGET_ANDERSON_RATIO
+
+if TYPE_CHECKING:  # matplotlib is imported only when a plot is drawn
+    from matplotlib.axes import Axes
 
 
 def write_result(result: Mapping[str, Any], path: Path) -> Path:
@@ -27,7 +30,19 @@ def plot(result: Mapping[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
-    ax = axes[0][0]
+    _plot_solver_ratios(axes[0][0], result)
+    _plot_throughput(axes[0][1], result)
+    _plot_backward_memory(axes[1][0], result)
+    _plot_over_floor(axes[1][1], result)
+    fig.suptitle(f"lyadeq-zoo benchmark, {result['machine']} ({result['threads']} thread(s), {result['device']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_solver_ratios(ax: Axes, result: Mapping[str, Any]) -> None:
+    """Bars of ours / torchdeq wall time per solver case, with the Anderson target line."""
     cases = result["solvers"]["cases"]
     labels = [f"{c['dataset']}\nb{c['batch']} {c['cell']}" for c in cases]
     width = 0.27
@@ -41,7 +56,9 @@ def plot(result: Mapping[str, Any], path: Path) -> Path:
     ax.set_title("Solvers on the zoo's DEQ cells")
     ax.legend(fontsize=7)
 
-    ax = axes[0][1]
+
+def _plot_throughput(ax: Axes, result: Mapping[str, Any]) -> None:
+    """Train-step and eval images per second of every model (log scale)."""
     names, train, evals = [], [], []
     for d in result["model"]["datasets"].values():
         for name, row in d["models"].items():
@@ -57,7 +74,9 @@ def plot(result: Mapping[str, Any], path: Path) -> Path:
     ax.set_title(f"Model throughput (batch {result['model']['batch']})")
     ax.legend(fontsize=7)
 
-    ax = axes[1][0]
+
+def _plot_backward_memory(ax: Axes, result: Mapping[str, Any]) -> None:
+    """Peak extra memory (MiB, log scale) of ``ift`` and ``unroll`` over the forward iterations, per scope."""
     rows = result["memory"]["rows"]
     for scope in sorted({r["scope"] for r in rows}):
         for mode in ("ift", "unroll"):
@@ -71,7 +90,9 @@ def plot(result: Mapping[str, Any], path: Path) -> Path:
     ax.set_title("Backward memory: ift vs unroll (lyadeq_cifar10)")
     ax.legend(fontsize=7)
 
-    ax = axes[1][1]
+
+def _plot_over_floor(ax: Axes, result: Mapping[str, Any]) -> None:
+    """Measured time over the FLOP floor (FLOPs / GEMM FLOP/s) of every model, train step and eval."""
     floors = [
         (n, r["train_over_floor"], r["eval_over_floor"])
         for d in result["model"]["datasets"].values()
@@ -85,11 +106,6 @@ def plot(result: Mapping[str, Any], path: Path) -> Path:
     ax.set_ylabel("measured time / (FLOPs / GEMM FLOP/s)")
     ax.set_title("Time over the FLOP floor")
     ax.legend(fontsize=7)
-    fig.suptitle(f"lyadeq-zoo benchmark, {result['machine']} ({result['threads']} thread(s), {result['device']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _fmt(v: float | None, spec: str = ".2f") -> str:
@@ -104,8 +120,22 @@ def markdown(result: Mapping[str, Any]) -> str:
         f"Measured {result['date']}; command: `{result['command']}`; {result['seconds']:.0f} s.",
         "",
     ]
-    solv = result["solvers"]
-    lines += [
+    lines += _solver_table(result["solvers"])
+    lines += _model_table(result["model"], result["gemm"])
+    lines += _memory_table(result["memory"])
+    lines += _attack_table(result["attacks"])
+    lines += ["", "**Targets**", ""]
+    for name, t in result["targets"].items():
+        lines.append(
+            f"- {name}: {'met' if t['met'] else ('not measured' if t['met'] is None else 'NOT met')} — "
+            f"`{json.dumps(t['detail'], default=lambda v: round(v, 3))}`"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _solver_table(solv: Mapping[str, Any]) -> list[str]:
+    """Lines of the solvers-vs-torchdeq table: one row per case and solver pair."""
+    lines = [
         f"**Solvers vs torchdeq {solv.get('torchdeq')}** (tol {solv['tol']:g} relative, budget {solv['max_iter']}; "
         "ratio = ours / torchdeq wall time to tolerance; f-evals ours/theirs; overhead = solver time beyond f "
         "per iteration, µs)",
@@ -116,22 +146,31 @@ def markdown(result: Mapping[str, Any]) -> str:
     ]
     for c in solv["cases"]:
         for our, their in SOLVER_PAIRS:
-            o, t = c["results"][our], c["results"].get(their)
-            cmp = c["ours_vs_torchdeq"].get(our, {})
-            lines.append(
-                f"| {c['dataset']} | {c['batch']} | {c['cell']} | {c['f_seconds'] * 1e6:.0f} | {our} | "
-                f"{_fmt(cmp.get('time_ratio'))} | {o['seconds'] * 1e3:.2f} | "
-                f"{'n/a' if t is None else format(t['seconds'] * 1e3, '.2f')} | "
-                f"{o['f_evals']} / {'n/a' if t is None else t['f_evals']} | {o['max_rel_residual']:.1e} / "
-                f"{'n/a' if t is None else format(t['max_rel_residual'], '.1e')} | "
-                f"{o['overhead_per_iter_s'] * 1e6:.0f} / "
-                f"{'n/a' if t is None else format(t['overhead_per_iter_s'] * 1e6, '.0f')} |"
-            )
-    mod = result["model"]
-    lines += [
+            lines.append(_solver_row(c, our, their))
+    return lines
+
+
+def _solver_row(c: Mapping[str, Any], our: str, their: str) -> str:
+    """One row: our solver ``our`` against torchdeq's ``their`` (``n/a`` where torchdeq did not run)."""
+    o, t = c["results"][our], c["results"].get(their)
+    cmp = c["ours_vs_torchdeq"].get(our, {})
+    return (
+        f"| {c['dataset']} | {c['batch']} | {c['cell']} | {c['f_seconds'] * 1e6:.0f} | {our} | "
+        f"{_fmt(cmp.get('time_ratio'))} | {o['seconds'] * 1e3:.2f} | "
+        f"{'n/a' if t is None else format(t['seconds'] * 1e3, '.2f')} | "
+        f"{o['f_evals']} / {'n/a' if t is None else t['f_evals']} | {o['max_rel_residual']:.1e} / "
+        f"{'n/a' if t is None else format(t['max_rel_residual'], '.1e')} | "
+        f"{o['overhead_per_iter_s'] * 1e6:.0f} / "
+        f"{'n/a' if t is None else format(t['overhead_per_iter_s'] * 1e6, '.0f')} |"
+    )
+
+
+def _model_table(mod: Mapping[str, Any], gemm: Mapping[str, Any]) -> list[str]:
+    """Lines of the model throughput table, then each data set's cost ratios."""
+    lines = [
         "",
         f"**Models** (batch {mod['batch']}, {mod['optimizer']}; floor = FLOPs / measured GEMM "
-        f"{result['gemm']['flops_per_s'] / 1e9:.1f} GFLOP/s)",
+        f"{gemm['flops_per_s'] / 1e9:.1f} GFLOP/s)",
         "",
         "| model | weights | train img/s | eval img/s | f-evals train/eval | MFLOP/img train/eval | "
         "train × floor | eval × floor |",
@@ -146,16 +185,24 @@ def markdown(result: Mapping[str, Any]) -> str:
                 f"{_fmt(r['train_over_floor'], '.1f')} | {_fmt(r['eval_over_floor'], '.1f')} |"
             )
     for ds, d in mod["datasets"].items():
-        r = d["ratios"]
-        lines.append(
-            f"\n{ds}: LyaDEQ/DEQ train step {_fmt(r['lyadeq_over_deq_train_step'])}×, eval "
-            f"{_fmt(r['lyadeq_over_deq_eval'])}×; DEQ/plain train step {_fmt(r['deq_over_plain_train_step'])}×, "
-            f"eval {_fmt(r['deq_over_plain_eval'])}×. Split of the train-step ratio: Lyapunov module alone "
-            f"(lyadeq_no_orth/deq) {_fmt(r['lyadeq_no_orth_over_deq_train_step'])}×, orthogonal head alone "
-            f"(deq_orth/deq) {_fmt(r['deq_orth_over_deq_train_step'])}×."
-        )
-    mem = result["memory"]
-    lines += [
+        lines.append(_model_ratios(ds, d["ratios"]))
+    return lines
+
+
+def _model_ratios(ds: str, r: Mapping[str, Any]) -> str:
+    """The paragraph of one data set's cost ratios (LyaDEQ/DEQ, DEQ/plain and the split of the first)."""
+    return (
+        f"\n{ds}: LyaDEQ/DEQ train step {_fmt(r['lyadeq_over_deq_train_step'])}×, eval "
+        f"{_fmt(r['lyadeq_over_deq_eval'])}×; DEQ/plain train step {_fmt(r['deq_over_plain_train_step'])}×, "
+        f"eval {_fmt(r['deq_over_plain_eval'])}×. Split of the train-step ratio: Lyapunov module alone "
+        f"(lyadeq_no_orth/deq) {_fmt(r['lyadeq_no_orth_over_deq_train_step'])}×, orthogonal head alone "
+        f"(deq_orth/deq) {_fmt(r['deq_orth_over_deq_train_step'])}×."
+    )
+
+
+def _memory_table(mem: Mapping[str, Any]) -> list[str]:
+    """Lines of the backward-memory table: ``ift`` and ``unroll`` per scope and iteration count."""
+    lines = [
         "",
         f"**Backward memory** ({mem['model']}, forward solver forced to k iterations with tol 0; "
         f"{mem['rows'][0]['method']})",
@@ -171,8 +218,12 @@ def markdown(result: Mapping[str, Any]) -> str:
                 f"{by['unroll']['peak_extra_bytes'] / 2**20:.1f} | "
                 f"{_fmt(mem['ratios'][f'{scope}_iters{k}_unroll_over_ift'], '.1f')} |"
             )
-    att = result["attacks"]
-    lines += ["", "**Attacks** (CIFAR-10)", "", "| what | model | n | images/s |", "|---|---|---|---|"]
+    return lines
+
+
+def _attack_table(att: Mapping[str, Any]) -> list[str]:
+    """Lines of the attack-speed table (PGD-10 on two models, then the suite)."""
+    lines = ["", "**Attacks** (CIFAR-10)", "", "| what | model | n | images/s |", "|---|---|---|---|"]
     for name in ("lyadeq_cifar10", "deq_cifar10"):
         r = att["pgd10"][name]
         lines.append(f"| PGD-10 | {name} ({r['weights']}) | {r['n']} | {r['images_per_s']:.1f} |")
@@ -181,13 +232,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         f"| suite `{s['suite']}` (clean acc {_fmt(s['clean_accuracy'])}) | {s['model']} | {s['n']} | "
         f"{s['images_per_s']:.3f} |"
     )
-    lines += ["", "**Targets**", ""]
-    for name, t in result["targets"].items():
-        lines.append(
-            f"- {name}: {'met' if t['met'] else ('not measured' if t['met'] is None else 'NOT met')} — "
-            f"`{json.dumps(t['detail'], default=lambda v: round(v, 3))}`"
-        )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def write_readme(directory: Path) -> Path:

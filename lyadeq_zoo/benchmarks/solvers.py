@@ -56,18 +56,41 @@ def solver_case(
     images, _ = sample_batch(dataset, batch, device)
     with torch.no_grad():
         x = model.backbone((images - model.mean) / model.std)
-    cell = model.deq.cell
-    if variant == "stiff":
-        cell = copy.deepcopy(cell)
-        with torch.no_grad():
-            cell.fc2.weight.mul_(10.0)
+    cell = _cell_variant(model.deq.cell, variant)
     calls = [0]
 
     def f(z: torch.Tensor) -> torch.Tensor:
         calls[0] += 1
         return cell(z, x)
 
-    z0 = torch.zeros_like(x)
+    runs = _solver_runs(td, f, torch.zeros_like(x), tol, max_iter, m)
+    with torch.no_grad():
+        rows, t_f = _measure(runs, calls, cell, x, device, repeat)
+    return {
+        "dataset": dataset,
+        "batch": batch,
+        "cell": variant,
+        "state_dim": x.shape[1],
+        "f_seconds": t_f,
+        "results": rows,
+        "ours_vs_torchdeq": _comparisons(rows),
+    }
+
+
+def _cell_variant(cell: nn.Module, variant: str) -> nn.Module:
+    """The cell itself (``init``) or a copy with its ``W2`` scaled 10x (``stiff``)."""
+    if variant != "stiff":
+        return cell
+    cell = copy.deepcopy(cell)
+    with torch.no_grad():
+        cell.fc2.weight.mul_(10.0)
+    return cell
+
+
+def _solver_runs(
+    td: ModuleType | None, f: ours.Map, z0: torch.Tensor, tol: float, max_iter: int, m: int
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """``{solver name: a call returning z*}``: ours, and torchdeq's counterparts when ``td`` is given."""
     runs: dict[str, Callable[[], torch.Tensor]] = {
         "anderson": lambda: ours.anderson(f, z0, max_iter=max_iter, tol=tol, m=m)[0],
         "broyden": lambda: ours.broyden(f, z0, max_iter=max_iter, tol=tol)[0],
@@ -79,21 +102,38 @@ def solver_case(
             broyden_solver=lambda: td.broyden_solver(f, z0, max_iter=max_iter, tol=tol, stop_mode="rel")[0],
             fixed_point_iter=lambda: td.fixed_point_iter(f, z0, max_iter=max_iter, tol=tol, stop_mode="rel")[0],
         )
-    with torch.no_grad():
-        times = interleaved(runs, device, repeat, warmup=1)
-        rows: dict[str, dict[str, Any]] = {}
-        for name, fn in runs.items():
-            calls[0] = 0
-            z = fn()
-            evals = calls[0]
-            _, rel = ours.residuals(z, cell(z, x))
-            rows[name] = {"seconds": times[name], "f_evals": evals, "max_rel_residual": float(rel.max())}
-        # f alone, as many calls as the busiest solver made, at a point near the fixed point.
-        n_f = max(1, max(row["f_evals"] for row in rows.values()))
-        zf = runs["naive"]()
-        t_f = interleaved({"f": lambda: [cell(zf, x) for _ in range(n_f)]}, device, repeat)["f"] / n_f
+    return runs
+
+
+def _measure(
+    runs: dict[str, Callable[[], torch.Tensor]],
+    calls: list[int],
+    cell: nn.Module,
+    x: torch.Tensor,
+    device: torch.device,
+    repeat: int,
+) -> tuple[dict[str, dict[str, Any]], float]:
+    """Per solver: seconds, ``f`` evaluations (counted in ``calls[0]``), the residual of the returned point
+    and the overhead per iteration; and the seconds of one uncounted call ``cell(z, x)`` of ``f``."""
+    times = interleaved(runs, device, repeat, warmup=1)
+    rows: dict[str, dict[str, Any]] = {}
+    for name, fn in runs.items():
+        calls[0] = 0
+        z = fn()
+        evals = calls[0]
+        _, rel = ours.residuals(z, cell(z, x))
+        rows[name] = {"seconds": times[name], "f_evals": evals, "max_rel_residual": float(rel.max())}
+    # f alone, as many calls as the busiest solver made, at a point near the fixed point.
+    n_f = max(1, max(row["f_evals"] for row in rows.values()))
+    zf = runs["naive"]()
+    t_f = interleaved({"f": lambda: [cell(zf, x) for _ in range(n_f)]}, device, repeat)["f"] / n_f
     for row in rows.values():
         row["overhead_per_iter_s"] = (row["seconds"] - row["f_evals"] * t_f) / max(row["f_evals"], 1)
+    return rows, t_f
+
+
+def _comparisons(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Ours over torchdeq's (time, ``f`` evaluations, overhead) for every pair that both ran."""
     comparisons = {}
     for our, their in SOLVER_PAIRS:
         if their in rows:
@@ -103,15 +143,7 @@ def solver_case(
                 "f_evals_ratio": ratio(rows[our]["f_evals"], rows[their]["f_evals"]),
                 "overhead_ratio": ratio(rows[our]["overhead_per_iter_s"], rows[their]["overhead_per_iter_s"]),
             }
-    return {
-        "dataset": dataset,
-        "batch": batch,
-        "cell": variant,
-        "state_dim": x.shape[1],
-        "f_seconds": t_f,
-        "results": rows,
-        "ours_vs_torchdeq": comparisons,
-    }
+    return comparisons
 
 
 def bench_solvers(device: torch.device, quick: bool, tol: float = 1e-4, max_iter: int = 100) -> dict[str, Any]:

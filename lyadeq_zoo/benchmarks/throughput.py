@@ -8,6 +8,11 @@ FLOPs, and measured time over the FLOP floor.
   seed (same backbone and cell weights). Ratios LyaDEQ/DEQ (what the Lyapunov module costs) and DEQ/plain.
   Also FLOPs per image (``torch.utils.flop_counter.FlopCounterMode``: backbone, solver steps, Lyapunov
   module, backward) and measured time over the floor ``FLOPs / measured GEMM FLOP/s``.
+* ``model.precision``: one ``lyadeq_cifar10`` train step (forward, backward, Adam) in float32, with
+  ``train.channels_last``, and with ``channels_last`` + ``train.amp`` (bf16 autocast around the backbone only;
+  :func:`lyadeq_zoo.training.model_setup.backbone_autocast`), side by side: images/s, forward f-evals, and the
+  operator calls and host syncs one step makes (on a GPU each operator call is at least one kernel launch, the
+  floor of a small model's step there).
 """
 
 from __future__ import annotations
@@ -21,11 +26,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, _FlopCounterMode
 
 import lyadeq_zoo as lz
 
+from ..training.model_setup import backbone_autocast
 from .common import clock, interleaved, ratio, sample_batch, zoo_model
+
+# The train-step variants of the precision case: (name, train.channels_last, train.amp).
+PRECISION_VARIANTS = (("fp32", False, False), ("channels_last", True, False), ("channels_last_bf16", True, True))
 
 
 def bench_gemm(device: torch.device, quick: bool) -> dict[str, Any]:
@@ -50,6 +60,81 @@ def count_flops(fn: Callable[[], Any]) -> int:
     with _FlopCounterMode(counter):
         fn()
     return int(counter.get_total_flops())
+
+
+class _OperatorCounter(TorchDispatchMode):
+    """Counts the ATen operator calls made inside it, and how many of them copy a value to the host (a sync)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.host_syncs = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        if func is torch.ops.aten._local_scalar_dense.default:  # .item(), bool(tensor), int(tensor) ...
+            self.host_syncs += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_operators(fn: Callable[[], Any]) -> tuple[int, int]:
+    """``(ATen operator calls, host syncs)`` that ``fn`` makes, forward and backward (autograd's engine
+    dispatches the backward's operators through the same mode)."""
+    counter = _OperatorCounter()
+    with counter:
+        fn()
+    return counter.calls, counter.host_syncs
+
+
+def precision_case(device: torch.device, batch: int, repeat: int, name: str = "lyadeq_cifar10") -> dict[str, Any]:
+    """Train-step throughput of zoo model ``name`` in each of :data:`PRECISION_VARIANTS`.
+
+    Every variant starts from the same weights and steps Adam with lr 0 (its full cost, weights unchanged), so each
+    timed step solves the same fixed-point problem and the f-evals are comparable. Times in seconds per step.
+    """
+    images, labels = sample_batch(name.rsplit("_", 1)[-1], batch, device)
+    steps: dict[str, Callable[[], None]] = {}
+    models: dict[str, nn.Module] = {}
+    weights = "random-init"
+    for variant, channels_last, amp in PRECISION_VARIANTS:
+        model, weights = zoo_model(name, device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=0.0)
+
+        def step(model: nn.Module = model, opt: torch.optim.Optimizer = opt, amp: bool = amp,
+                 channels_last: bool = channels_last) -> None:
+            opt.zero_grad(set_to_none=True)
+            with backbone_autocast(model, amp, channels_last):
+                loss = F.cross_entropy(model(images), labels)
+            loss.backward()
+            opt.step()
+
+        steps[variant], models[variant] = step, model
+    times = interleaved(steps, device, repeat)
+    rows: dict[str, Any] = {}
+    for variant, channels_last, amp in PRECISION_VARIANTS:
+        calls, syncs = count_operators(steps[variant])
+        rows[variant] = {
+            "channels_last": channels_last,
+            "amp": amp,
+            "train_step_s": times[variant],
+            "train_images_per_s": batch / times[variant],
+            "f_evals": int(models[variant].deq.last_info["n_f_evals"]),
+            "operator_calls_per_step": calls,
+            "host_syncs_per_step": syncs,
+        }
+    return {
+        "model": name,
+        "weights": weights,
+        "batch": batch,
+        "repeat": repeat,
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "optimizer": "Adam lr 0 (full step cost, weights unchanged)",
+        "rows": rows,
+        "speedup_over_fp32": {v: ratio(times["fp32"], times[v]) for v, _, _ in PRECISION_VARIANTS},
+    }
 
 
 class PlainClassifier(nn.Module):
@@ -159,4 +244,7 @@ def bench_models(device: torch.device, quick: bool, gemm_flops: float) -> dict[s
     for dataset in datasets:
         out["datasets"][dataset] = models_case(dataset, device, batch, repeat, gemm_flops)
         print(f"[benchmark] models {dataset}: " + json.dumps(out["datasets"][dataset]["ratios"]), file=sys.stderr)
+    out["precision"] = precision_case(device, batch, repeat)
+    speedups = {k: round(v, 2) for k, v in out["precision"]["speedup_over_fp32"].items()}
+    print(f"[benchmark] precision lyadeq_cifar10 speed-up over fp32: {json.dumps(speedups)}", file=sys.stderr)
     return out

@@ -273,57 +273,70 @@ def load_dataset(
     """Load ``name``/``split`` from the shipped sample, an offline copy or torchvision (see module doc)."""
     info = _check_args(name, split, limit)
     if root is None:
-        env = os.environ.get(DATA_DIR_ENV)
-        if env:
-            root = env
-        elif download:
-            root = DEFAULT_DOWNLOAD_ROOT
-        elif info.has_local_copy:
-            warnings.warn(
-                f"{name}: no root given, using the shipped {split} sample (a class-balanced subset, not the "
-                f"full split). Pass root=<data dir> (or set {DATA_DIR_ENV}) for the full set, "
-                "download=True to fetch it, or root='sample' to silence this warning.",
-                SampleDataWarning,
-                stacklevel=3,
-            )
-            root = SAMPLE_ROOT
-        else:
-            raise FileNotFoundError(
-                f"{name}: no offline copy or shipped sample exists; pass root=<dir> holding torchvision's "
-                f"{info.torchvision_class} files, or download=True (needs internet), or set {DATA_DIR_ENV}."
-            )
-
+        root = _default_root(info, split, download)
     if root == SAMPLE_ROOT:
-        if download:
-            raise ValueError("root='sample' reads the shipped sample; download=True makes no sense with it")
-        if not info.has_local_copy:
-            raise FileNotFoundError(
-                f"{name}: no shipped sample exists (only for mnist and cifar10); pass root=<dir> with "
-                f"download=True to get it through torchvision (needs internet)."
-            )
-        images, labels = load_sample(name, split)
-        # The cached sample arrays are read-only; the dataset gets its own writable copy.
-        images, labels = _to_nchw(np.array(images[:limit])), np.array(labels[:limit])
+        images, labels = _read_sample(info, split, download, limit)
         source, location = "sample", SAMPLE_ROOT
     else:
-        root_path = Path(root).expanduser()
-        local = _find_local(name, split, root_path) if info.has_local_copy else None
-        if local is not None:
-            reader = read_mnist if name == "mnist" else read_cifar10
-            images, labels = reader(local, split, limit=limit)
-            images = _to_nchw(images)
-            source, location = "local", str(local)
-        else:
-            images, labels = read_torchvision(name, split, root_path, download)
-            images, labels = np.ascontiguousarray(images[:limit]), labels[:limit]
-            source, location = "torchvision", str(root_path)
-
+        images, labels, source, location = _read_directory(info, split, Path(root).expanduser(), download, limit)
     if images.shape[1:] != info.image_shape:
         raise ValueError(f"{name}: expected images of shape {info.image_shape}, got {images.shape[1:]}")
     return ImageDataset(
         torch.from_numpy(images), torch.from_numpy(labels),
         name=name, split=split, source=source, location=location,
     )
+
+
+def _default_root(info: DatasetInfo, split: str, download: bool) -> str | Path:
+    """Where to read from when no root is given: ``$LYADEQ_DATA_DIR``, the download cache or the sample."""
+    name = info.name
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return env
+    if download:
+        return DEFAULT_DOWNLOAD_ROOT
+    if not info.has_local_copy:
+        raise FileNotFoundError(
+            f"{name}: no offline copy or shipped sample exists; pass root=<dir> holding torchvision's "
+            f"{info.torchvision_class} files, or download=True (needs internet), or set {DATA_DIR_ENV}."
+        )
+    warnings.warn(
+        f"{name}: no root given, using the shipped {split} sample (a class-balanced subset, not the "
+        f"full split). Pass root=<data dir> (or set {DATA_DIR_ENV}) for the full set, "
+        "download=True to fetch it, or root='sample' to silence this warning.",
+        SampleDataWarning,
+        stacklevel=4,  # the caller of load_dataset's caller (a registered data set function)
+    )
+    return SAMPLE_ROOT
+
+
+def _read_sample(info: DatasetInfo, split: str, download: bool, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The shipped sample: images ``uint8 (N, C, H, W)`` and labels ``int64 (N,)``, own writable copies."""
+    if download:
+        raise ValueError("root='sample' reads the shipped sample; download=True makes no sense with it")
+    if not info.has_local_copy:
+        raise FileNotFoundError(
+            f"{info.name}: no shipped sample exists (only for mnist and cifar10); pass root=<dir> with "
+            f"download=True to get it through torchvision (needs internet)."
+        )
+    images, labels = load_sample(info.name, split)
+    # The cached sample arrays are read-only; the dataset gets its own writable copy.
+    return _to_nchw(np.array(images[:limit])), np.array(labels[:limit])
+
+
+def _read_directory(
+    info: DatasetInfo, split: str, root: Path, download: bool, limit: int | None
+) -> tuple[np.ndarray, np.ndarray, str, str]:
+    """``(images (N, C, H, W), labels (N,), source, location)`` from the offline layout under ``root`` if it
+    is there, else through torchvision."""
+    name = info.name
+    local = _find_local(name, split, root) if info.has_local_copy else None
+    if local is not None:
+        reader = read_mnist if name == "mnist" else read_cifar10
+        images, labels = reader(local, split, limit=limit)
+        return _to_nchw(images), labels, "local", str(local)
+    images, labels = read_torchvision(name, split, root, download)
+    return np.ascontiguousarray(images[:limit]), labels[:limit], "torchvision", str(root)
 
 
 def load_tensors(

@@ -27,6 +27,10 @@ With grad disabled the only calls are the solver's. A cell that must do somethin
 robustly since not every mode makes a call outside the phase, let its parent model do it after the
 layer returns (what ``lyadeq_zoo.deq.cells`` does).
 
+The solver's path: :meth:`DEQLayer.iterates` runs the plain fixed-point iteration of the cell from ``z0`` for a
+given number of steps under autograd (for attacks through intermediate states, which must not rely on the
+backward mode).
+
 Temporary changes (attacks, benchmarks): :func:`override_backward` swaps the backward mode and
 :func:`override_solver` the forward solver options of every DEQ layer inside a model, restoring them on
 exit. Neither changes ``model.config``.
@@ -140,6 +144,24 @@ class DEQLayer(nn.Module):
         z_star, info = self.backward_mode(f, z0, self._bound[couples_samples(self.cell)])
         self.last_info = info
         return z_star, info
+
+    def iterates(self, x: torch.Tensor, steps: int) -> list[torch.Tensor]:
+        """The path ``[z_0, z_1, ..., z_steps]`` of the plain fixed-point iteration ``z_{k+1} = cell(z_k, x)``
+        from ``z_0 = zeros_like(x)``, each shaped like the injection ``x``.
+
+        This is not the layer's solver (no acceleration, no stopping, no best-iterate selection) and no backward
+        mode is involved: when autograd is on every step is recorded, so a loss on any ``z_k`` differentiates
+        through the steps before it, back to ``x`` and the cell's parameters. Attacks through the solver's
+        intermediate states use it (``lyadeq_zoo.attacks.intermediate``). The cell's calls run inside
+        :func:`solver_phase`, as the solver's do. ``steps`` >= 1 cell applications.
+        """
+        if int(steps) < 1:
+            raise ValueError(f"iterates: steps must be >= 1, got {steps!r}")
+        path = [torch.zeros_like(x)]
+        with solver_phase():
+            for _ in range(int(steps)):
+                path.append(self.cell(path[-1], x))
+        return path
 
     def extra_repr(self) -> str:
         return f"solver={self.solver_spec}, backward={self.backward_spec}"

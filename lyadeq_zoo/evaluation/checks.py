@@ -27,6 +27,15 @@ them failed.
 * ``dynamic_defense``: the forward pass calls autograd (AutoAttack's flag; informational). Detected by
   profiling Python calls into ``torch.autograd`` during one forward; LyaDEQ models fire it only with the
   Lyapunov option ``grad_method: autograd``.
+
+Reported after these, only when the suite runs the ``autoattack`` attack (results without one keep exactly the
+checks above):
+
+* ``autoattack_flags``: the official AutoAttack's own checks (randomized defense, probability outputs,
+  dynamic defense, zero gradients, Square beating its gradient attacks, too many target classes), collected
+  over its runs. A warning flag fails the check; notes only (dynamic defense, target classes) leave it passed
+  at level ``info``. AutoAttack (threat ``ensemble``) is no reference or challenger of the run-based checks
+  above: its own Square would hide what ``score_based`` looks for.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks import Attack, eps_in_255
+from ..attacks import Attack, AutoAttack, eps_in_255
 from .probes import autograd_calls_in_forward, clean_correct_inputs, useless_gradient_fraction
 from .result import AttackRun, eps_key
 
@@ -54,6 +63,7 @@ CHECK_NAMES = (  # the order masking_checks reports them in
     "alternative_backward",
     "dynamic_defense",
 )
+OPTIONAL_CHECK_NAMES = ("autoattack_flags",)  # after CHECK_NAMES, only when the suite has what they read
 FLAT_CURVE_MAX_EPS = 16 / 255  # the flat-curve check looks at eps up to this radius
 FLAT_CURVE_MIN_ACCURACY = 0.10  # ... and only at curves that stay above this accuracy
 
@@ -131,7 +141,7 @@ def masking_checks(
     """Every masking check (see the module docstring), in order: ``batch`` is the first evaluated batch
     (images (N, C, H, W), labels (N,)), ``runs`` the finished attack runs, ``clean_correct`` (n,) bool."""
     evidence = gather_evidence(runs, clean_correct, suite)
-    return [
+    verdicts = [
         input_gradients(model, batch, device),
         large_eps(evidence),
         monotone_eps(evidence),
@@ -143,6 +153,9 @@ def masking_checks(
         alternative_backward(evidence),
         dynamic_defense(model, batch, device),
     ]
+    if any(isinstance(r["attack"], AutoAttack) for r in runs):
+        verdicts.append(autoattack_flags(evidence))
+    return verdicts
 
 
 # -- checks on the model ------------------------------------------------------------------------------
@@ -410,3 +423,23 @@ def alternative_backward(ev: Evidence) -> dict:
         "attacking through another backward is much stronger: the model's default backward gives a "
         "misleading gradient (forward/backward solver mismatch)",
     )
+
+
+def autoattack_flags(ev: Evidence) -> dict:
+    """The official AutoAttack raised none of its own warning flags in any of its runs."""
+    runs = [r for r in ev.active if isinstance(r["attack"], AutoAttack)]
+    if not runs:
+        return check("autoattack_flags", None, "warning", "not run: every autoattack run was skipped")
+    raised = []
+    for r in runs:
+        for flag in r["attack"].flags:
+            count = f" ({flag['count']} times)" if flag["count"] > 1 else ""
+            raised.append((flag["level"], f"{_label(r)}: {flag['flag']}{count}: {flag['message']}"))
+    if not raised:
+        return check("autoattack_flags", True, "warning", f"AutoAttack raised no flag in {len(runs)} run(s)")
+    warned = [text for level, text in raised if level == "warning"]
+    if warned:
+        detail = "AutoAttack's own checks flag this evaluation as possibly unreliable: " + "; ".join(warned)
+    else:
+        detail = "AutoAttack's notes: " + "; ".join(text for _, text in raised)
+    return check("autoattack_flags", not warned, "warning" if warned else "info", detail)

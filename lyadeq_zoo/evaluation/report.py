@@ -15,7 +15,8 @@ def _pct(value: float | None) -> str:
 
 def format_table(result: Mapping[str, Any], model_name: str = "model") -> str:
     """Markdown tables: a Table-1-style row (clean | attack at each eps | worst case), then per attack
-    rows with own and cumulative accuracy, then the checks."""
+    rows with own and cumulative accuracy (and, for DEQs, the solver's statistics at the worst-case inputs
+    and which attacks left the solver unconverged), then the checks."""
     lines = [*_summary_row(result, model_name), "", *_attack_rows(result), ""]
     for check in result.get("checks", []):
         failed = "FLAG" if check["level"] == "warning" else "NOTE"
@@ -62,9 +63,55 @@ def _attack_rows(result: Mapping[str, Any]) -> list[str]:
         lines.append(f"| {attack['name']} | " + " | ".join(values) + f" | {seconds:.1f} |")
     worst = {eps_key(i["eps"]): _pct(i["accuracy"]) for i in result["worst_case"]}
     lines.append("| **worst case** | " + " | ".join(worst.get(k, "") for k in result["eps"]) + " | |")
+    lines += _stability_rows(result)
     lines.append("")
     lines.append("(values in parentheses: cumulative accuracy of a 'remaining'-subset attack)")
+    lines += _unconverged_line(result)
     skipped = [f"{a['name']}: {a['skipped']}" for a in result["attacks"] if a["skipped"]]
     if skipped:
         lines.append("skipped: " + "; ".join(skipped))
     return lines
+
+
+def _residual(value: float | None) -> str:
+    return "inf" if value is None else f"{value:.1e}"
+
+
+# (key of a worst_case entry, row label, cell format), shown when the result has the key
+STABILITY_ROWS = (
+    ("solver_converged", "solver converged at the worst case", _pct),
+    ("lyapunov_certified", "Lyapunov certified at the worst case", _pct),
+)
+
+
+def _stability_rows(result: Mapping[str, Any]) -> list[str]:
+    """Rows under the worst case: the solver's statistics at the worst-case inputs (see
+    :mod:`.under_attack`), only for results that have them."""
+    entries = {eps_key(i["eps"]): i for i in result["worst_case"]}
+    lines = []
+    for key, label, cell in STABILITY_ROWS:
+        if any(key in i for i in entries.values()):
+            values = [cell(entries[k][key]) if key in entries.get(k, {}) else "" for k in result["eps"]]
+            lines.append(f"| {label} | " + " | ".join(values) + " | |")
+    if any("residual_max" in i for i in entries.values()):
+        values = [
+            f"{_residual(entries[k]['residual_median'])} / {_residual(entries[k]['residual_max'])}"
+            if "residual_max" in entries.get(k, {})
+            else ""
+            for k in result["eps"]
+        ]
+        lines.append("| residual median / max at the worst case | " + " | ".join(values) + " | |")
+    return lines
+
+
+def _unconverged_line(result: Mapping[str, Any]) -> list[str]:
+    """Which attacks left the solver unconverged at some of their adversarial inputs, how many at which eps."""
+    found = []
+    for attack in result["attacks"]:
+        counts = [f"{i['solver_not_converged']} at {i['eps_255']:g}" for i in attack["results"]
+                  if i.get("solver_not_converged")]
+        if counts:
+            found.append(f"{attack['name']} ({', '.join(counts)})")
+    if not found:
+        return []
+    return ["solver not converged at the adversarial inputs of: " + "; ".join(found)]

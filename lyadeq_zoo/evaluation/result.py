@@ -4,10 +4,16 @@ and writing result files, and readers of the numbers in it.
 A result (format ``lyadeq-zoo-eval/1``) is ``{"format", "suite", "dataset", "n", "seed", "device",
 "clean": {"accuracy", "correct", "n"}, "eps": [float], "attacks": [{"name", "type", "threat", "subset",
 "options", "skipped", "results": [{"eps", "eps_255", "accuracy", "robust", "attacked",
-"cumulative_accuracy", "seconds"}]}], "worst_case": [{"eps", "eps_255", "accuracy", "robust", "attacks"}],
-"checks": [{"name", "passed", "level", "detail"}], "notes": [str], "timing": {"total_seconds",
+"cumulative_accuracy", "seconds"[, "info"]}]}], "worst_case": [{"eps", "eps_255", "accuracy", "robust",
+"attacks"}], "checks": [{"name", "passed", "level", "detail"}], "notes": [str], "timing": {"total_seconds",
 "clean_seconds"}}``; ``tools/eval.py`` adds ``model`` and ``data`` (:func:`attach_provenance`).
 Accuracies are fractions of ``n`` in [0, 1]; ``eps`` is in input units, ``eps_255`` the same times 255.
+``info`` is present only for attacks that report something about their runs (:func:`run_info`; e.g. the
+``autoattack`` attack's ``autoattack_flags`` and ``autoattack_settings``).
+For models with solver diagnostics (DEQs) each attack result also has ``solver_not_converged`` (how many of its
+adversarial inputs left the forward solve unconverged), each ``worst_case`` entry ``solver_converged``,
+``residual_median``, ``residual_max`` and, for Lyapunov models, ``lyapunov_certified``, and ``timing`` has
+``stability_seconds``: the solver's statistics at each image's worst-case input (:mod:`.under_attack`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import torch
 from ..attacks import Attack, eps_in_255
 from ..errors import DataFormatError
 from ..fileio import write_text_atomic
+from ..hub.card import worst_case_row
+from .under_attack import STABILITY_NOTE, WorstCaseStability
 
 RESULT_FORMAT = "lyadeq-zoo-eval/1"
 RESULT_FORMAT_PREFIX = "lyadeq-zoo-eval/"  # any version of the format
@@ -48,6 +56,7 @@ class AttackRun(TypedDict):
     skipped: str | None  # why the attack does not apply to the model, or None
     outcome: torch.Tensor  # (n,) int8: -1 not attacked (yet), 0 broken or clean-wrong, 1 still correct
     seconds: float
+    solver_not_converged: int | None  # adversarial inputs at which the solve did not converge (None: not measured)
 
 
 def eps_key(eps: float) -> float:
@@ -64,11 +73,12 @@ def assemble_result(
     seed: int,
     device: torch.device,
     dataset: str | None,
+    stability: Mapping[float, WorstCaseStability] | None = None,
 ) -> dict[str, Any]:
     """The result dict (``checks`` empty, no ``timing`` yet) from the finished runs.
 
     ``clean_correct``: (n,) bool; ``robust``: eps key -> (n,) bool, samples robust to every attack run at
-    that eps.
+    that eps; ``stability``: eps key -> the solver statistics at the worst-case inputs (None: not measured).
     """
     n = clean_correct.numel()
     cumulative: dict[float, torch.Tensor] = {}
@@ -106,6 +116,11 @@ def assemble_result(
             cumulative_accuracy=float(alive.sum()) / n,
             seconds=round(run["seconds"], 4),
         )
+        if stability is not None:  # measured for every run of the evaluation (0 for a run that attacked nothing)
+            item["solver_not_converged"] = int(run.get("solver_not_converged") or 0)
+        info = run_info(run["attack"])
+        if info:
+            item["info"] = info
         entry["results"].append(item)
     worst = []
     for key in sorted(robust):
@@ -119,6 +134,7 @@ def assemble_result(
                 "accuracy": float(robust[key].sum()) / n,
                 "robust": int(robust[key].sum()),
                 "attacks": names,
+                **(stability[key].summary() if stability is not None and key in stability else {}),
             }
         )
     return {
@@ -133,8 +149,15 @@ def assemble_result(
         "attacks": attacks_out,
         "worst_case": worst,
         "checks": [],
-        "notes": list(NOTES),
+        "notes": [*NOTES, *([STABILITY_NOTE] if stability is not None else [])],
     }
+
+
+def run_info(attack: Attack) -> dict[str, Any]:
+    """What an attack reports about its runs beyond the accuracies (its ``run_info()``, JSON; e.g. AutoAttack's
+    flags), or {} for attacks that report nothing: results of those keep exactly their old keys."""
+    report = getattr(attack, "run_info", None)
+    return dict(report()) if callable(report) else {}
 
 
 def json_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,7 +224,7 @@ def merge_results(
     strong = results.get("strong")
     if strong is not None and primary != "strong":
         for eps, value in sorted(worst_curve(strong).items()):
-            metrics[f"worst case, {strong.get('suite')} suite (n={strong.get('n')}) @ eps {eps:g}/255 (%)"] = value
+            metrics[worst_case_row(eps, strong.get("suite"), strong.get("n"))] = value
     old = previous or {}
     training = old.get("training") if str(old.get("format", "")).startswith(RESULT_FORMAT_PREFIX) else old
     if training:
@@ -234,6 +257,18 @@ def worst_curve(result: Mapping[str, Any] | None) -> dict[float, float]:
     if not result:
         return {}
     return {eps_255_key(i["eps_255"]): 100.0 * i["accuracy"] for i in result.get("worst_case") or []}
+
+
+def stability_curve(result: Mapping[str, Any] | None, key: str) -> dict[float, float]:
+    """eps (x 1/255) -> ``key`` of the worst-case entries in % (``solver_converged``, ``lyapunov_certified``);
+    {} when the result has none (results of models without a DEQ, or from before the key existed)."""
+    if not result:
+        return {}
+    return {
+        eps_255_key(i["eps_255"]): 100.0 * i[key]
+        for i in result.get("worst_case") or []
+        if isinstance(i.get(key), (int, float))
+    }
 
 
 def clean_pct(result: Mapping[str, Any] | None) -> float | None:

@@ -1,9 +1,11 @@
 """The evaluation loop behind :func:`lyadeq_zoo.evaluate`: batches, one seeded run per (attack, eps,
-batch), the threat-model check on every adversarial batch, then the result and the masking checks."""
+batch), the threat-model check on every adversarial batch, the solver's statistics at the adversarial inputs
+(:mod:`.under_attack`), then the result and the masking checks."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +23,7 @@ from .checks import masking_checks
 from .inputs import dataset_name
 from .result import AttackRun, assemble_result, eps_key
 from .suites import load_suite
+from .under_attack import WorstCaseStability, solver_stats
 
 
 def evaluate(
@@ -67,14 +70,25 @@ def evaluate(
         # are computed once for the whole evaluation instead of at every forward pass of every attack step.
         with parametrize.cached():
             batches = _batches(model, loader, limit, batch_size)
-            runs, clean_correct, robust, clean_seconds = _run_attacks(model, batches, suite, device, seed, progress)
-            result = assemble_result(suite, runs, clean_correct, robust, seed=seed, device=device, dataset=dataset)
+            tally = _run_attacks(model, batches, suite, device, seed, progress)
+            result = assemble_result(
+                suite,
+                tally.runs,
+                tally.clean_correct,
+                tally.robust,
+                seed=seed,
+                device=device,
+                dataset=dataset,
+                stability=tally.stability,
+            )
             if checks:
-                result["checks"] = masking_checks(model, batches[0], runs, clean_correct, suite, device)
+                result["checks"] = masking_checks(model, batches[0], tally.runs, tally.clean_correct, suite, device)
             result["timing"] = {
                 "total_seconds": round(time.perf_counter() - start, 3),
-                "clean_seconds": round(clean_seconds, 4),
+                "clean_seconds": round(tally.clean_seconds, 4),
             }
+            if tally.stability is not None:
+                result["timing"]["stability_seconds"] = round(tally.stability_seconds, 4)
             return result
     finally:
         model.train(was_training)
@@ -130,9 +144,35 @@ def _plan_runs(model: nn.Module, suite: Mapping[str, Any], n: int) -> list[Attac
                     "skipped": skipped,
                     "outcome": torch.full((n,), -1, dtype=torch.int8),
                     "seconds": 0.0,
+                    "solver_not_converged": None,
                 }
             )
     return runs
+
+
+@dataclasses.dataclass
+class Tally:
+    """What the attack loop accumulates over the batches, per image (``n`` of them) and per eps key.
+
+    ``runs``: the attack runs (their ``outcome`` per image); ``clean_correct`` (n,) bool; ``robust``: eps key ->
+    (n,) bool, robust to every attack so far at that eps; ``stability``: eps key -> the solver statistics at each
+    image's worst-case input so far (None for a model without solver diagnostics); seconds spent on clean
+    predictions and on the statistics.
+    """
+
+    runs: list[AttackRun]
+    clean_correct: torch.Tensor
+    robust: dict[float, torch.Tensor]
+    stability: dict[float, WorstCaseStability] | None = None
+    clean_seconds: float = 0.0
+    stability_seconds: float = 0.0
+
+    def measure(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """:func:`.under_attack.solver_stats` of ``model`` at ``x``, timed into ``stability_seconds``."""
+        t0 = time.perf_counter()
+        stats = solver_stats(model, x)
+        self.stability_seconds += time.perf_counter() - t0
+        return stats
 
 
 def _run_attacks(
@@ -142,16 +182,14 @@ def _run_attacks(
     device: torch.device,
     seed: int,
     progress: bool,
-) -> tuple[list[AttackRun], torch.Tensor, dict[float, torch.Tensor], float]:
-    """Run every attack of ``suite`` on every batch: ``(runs, clean_correct (n,) bool, robust: eps key ->
-    (n,) bool robust to every attack so far, seconds spent on clean predictions)``."""
+) -> Tally:
+    """Run every attack of ``suite`` on every batch, in suite order per batch; see :class:`Tally`."""
     from tqdm.auto import tqdm  # a progress bar only; not imported with the package
 
     n = sum(int(x.shape[0]) for x, _ in batches)
     runs = _plan_runs(model, suite, n)
-    clean_correct = torch.zeros(n, dtype=torch.bool)
-    robust: dict[float, torch.Tensor] = {}
-    clean_seconds = 0.0
+    tally = Tally(runs=runs, clean_correct=torch.zeros(n, dtype=torch.bool), robust={})
+    robust = tally.robust
     total_steps = len(batches) * sum(r["skipped"] is None for r in runs)
     bar = tqdm(total=total_steps, disable=not progress, desc="evaluate", unit="run", leave=False)
     offset = 0
@@ -161,10 +199,11 @@ def _run_attacks(
         t0 = time.perf_counter()
         with torch.no_grad():
             correct = (model(x).argmax(1) == y).cpu()
-        clean_seconds += time.perf_counter() - t0
-        clean_correct[sl] = correct
+        tally.clean_seconds += time.perf_counter() - t0
+        tally.clean_correct[sl] = correct
         for run in runs:
             robust.setdefault(eps_key(run["eps"]), torch.zeros(n, dtype=torch.bool))[sl] = correct
+        _record_clean_stability(model, tally, x, correct, offset)
         for r_index, run in enumerate(runs):
             if run["skipped"] is not None:
                 continue
@@ -183,10 +222,48 @@ def _run_attacks(
                 outcome[idx] = still.to(torch.int8)
                 alive[sl][idx] &= still
             run["seconds"] += time.perf_counter() - t0
+            if idx.numel():
+                _record_attack_stability(model, tally, run, x_adv, idx + offset, broken=~still)
             bar.update(1)
         offset += x.shape[0]
     bar.close()
-    return runs, clean_correct, robust, clean_seconds
+    return tally
+
+
+def _record_clean_stability(
+    model: nn.Module, tally: Tally, x: torch.Tensor, correct: torch.Tensor, offset: int
+) -> None:
+    """Start the statistics on the first batch (when the model has solver diagnostics) and record the clean
+    inputs of the clean-misclassified images of batch ``x`` (their worst-case input, at every eps)."""
+    if tally.stability is None and offset > 0:
+        return  # the first batch showed that the model has no solver diagnostics
+    wrong = (~correct).nonzero().squeeze(1)
+    if tally.stability is not None and wrong.numel() == 0:
+        return
+    stats = tally.measure(model, x)
+    if stats is None:
+        return
+    if tally.stability is None:
+        n, lyapunov = tally.clean_correct.numel(), "certified" in stats
+        tally.stability = {key: WorstCaseStability.empty(n, lyapunov) for key in tally.robust}
+    wrong_stats = {key: value[wrong] for key, value in stats.items()}
+    for store in tally.stability.values():
+        store.record(wrong + offset, wrong_stats, settle=torch.ones(wrong.numel(), dtype=torch.bool))
+
+
+def _record_attack_stability(
+    model: nn.Module, tally: Tally, run: AttackRun, x_adv: torch.Tensor, images: torch.Tensor, broken: torch.Tensor
+) -> None:
+    """The solver statistics at the adversarial inputs ``x_adv`` of ``run`` for ``images`` (indices into the n):
+    counted into the run's ``solver_not_converged`` and recorded as the images' worst-case inputs so far at the
+    run's eps (final for the ``broken`` ones)."""
+    if tally.stability is None:
+        return
+    stats = tally.measure(model, x_adv)
+    if stats is None:
+        return
+    run["solver_not_converged"] = (run["solver_not_converged"] or 0) + int((~stats["converged"]).sum())
+    tally.stability[eps_key(run["eps"])].record(images, stats, settle=broken)
 
 
 @contextlib.contextmanager

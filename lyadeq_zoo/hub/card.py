@@ -78,12 +78,45 @@ def metric_rows(metrics: Mapping[str, Any] | None) -> dict[str, float]:
             if item.get("accuracy") is not None:
                 rows[f"{attack['name']} @ eps {item['eps_255']:g}/255 (%)"] = 100.0 * item["accuracy"]
     for item in metrics.get("worst_case") or []:
-        rows[f"worst case @ eps {item['eps_255']:g}/255 (%)"] = 100.0 * item["accuracy"]
+        rows[worst_case_row(item["eps_255"])] = 100.0 * item["accuracy"]
     skip = {"n", "seed", "format"}
     for key, value in metrics.items():
         if key not in skip and isinstance(value, (int, float)) and not isinstance(value, bool):
             rows[key] = float(value)
     return rows
+
+
+def worst_case_row(eps_255: float, suite: str | None = None, n: int | None = None) -> str:
+    """The card row name of a worst case at ``eps_255`` (x 1/255): the card's own result's
+    (``worst case @ eps 8/255 (%)``), or with ``suite`` another suite's stored beside it
+    (``worst case, strong_cpu suite (n=500) @ eps 8/255 (%)``; ``eps_255`` rounded to 3 digits by the caller)."""
+    if suite is None:
+        return f"worst case @ eps {eps_255:g}/255 (%)"
+    return f"worst case, {suite} suite (n={n}) @ eps {eps_255:g}/255 (%)"
+
+
+# (key of a worst_case entry, card column): the solver's statistics at the worst-case inputs, in %
+STABILITY_COLUMNS = (("solver_converged", "solver converged (%)"), ("lyapunov_certified", "Lyapunov certified (%)"))
+
+
+def stability_cells(metrics: Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
+    """Row name -> {column: value in %} for the worst-case rows whose ``worst_case`` entry holds the solver's
+    statistics at the worst-case inputs (``lz.evaluate`` on a DEQ): the card's own result's rows and those of
+    the suites stored beside it (``strong``); {} for results without them."""
+    if not is_evaluate_result(metrics):
+        return {}
+    nested = [value for value in metrics.values() if isinstance(value, Mapping) and is_evaluate_result(value)]
+    cells: dict[str, dict[str, float]] = {}
+    for result in [metrics, *nested]:
+        for item in result.get("worst_case") or []:
+            values = {column: 100.0 * item[key] for key, column in STABILITY_COLUMNS if item.get(key) is not None}
+            if not values:
+                continue
+            if result is metrics:
+                cells[worst_case_row(item["eps_255"])] = values
+            else:  # the rows merge_results adds for a suite stored beside the card's own result
+                cells[worst_case_row(round(float(item["eps_255"]), 3), result.get("suite"), result.get("n"))] = values
+    return cells
 
 
 def fine_tuned_from(config: Mapping[str, Any]) -> str | None:
@@ -191,8 +224,12 @@ def results_section(
     if rows:
         where = f" on the test split of {_dataset_title(dataset)}" if dataset else ""
         lines += [f"Measured{where}:", ""]
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {key} | {value:.4g} |" for key, value in rows.items()]
+        cells = stability_cells(metrics)
+        columns = [c for _, c in STABILITY_COLUMNS if any(c in row for row in cells.values())]
+        lines += ["| metric | value |" + "".join(f" {c} |" for c in columns), "|---|---|" + "---|" * len(columns)]
+        for key, value in rows.items():
+            extra = "".join(f" {_stability_cell(cells.get(key, {}).get(c))} |" for c in columns)
+            lines.append(f"| {key} | {value:.4g} |{extra}")
         if is_evaluate_result(metrics):
             lines += [
                 "",
@@ -200,11 +237,21 @@ def results_section(
                 f"{metrics.get('seed')}. Each attack's own accuracy counts clean mistakes as non-robust; the worst "
                 "case counts a sample as robust only if every attack failed on it. Full results: config.json.",
             ]
+            if columns:
+                lines[-1] += (
+                    " Solver converged / Lyapunov certified: % of the images whose forward solve reached its "
+                    "tolerance / whose Lyapunov decrease certificate held at their worst-case input (the example of "
+                    "the first attack that broke them, else of the last attack)."
+                )
     else:
         lines.append("No metrics were measured for this checkpoint.")
     if meta.get("paper_table1"):
         lines += ["", f"The paper reports (Table 1, accuracy %): `{json.dumps(meta['paper_table1'])}`."]
     return [*lines, ""]
+
+
+def _stability_cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
 
 
 def training_section(info: Mapping[str, Any], config: Mapping[str, Any], meta: Mapping[str, Any]) -> list[str]:

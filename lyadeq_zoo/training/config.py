@@ -62,8 +62,8 @@ class TrainConfig:
     keep_last: int = 3
     log_every_steps: int = 20
     eval_every_epochs: int = 1  # clean test accuracy after every k-th epoch (0 = never)
-    amp: bool = False  # bf16 autocast, on CUDA only (ignored on CPU)
-    channels_last: bool = False  # CUDA only
+    amp: bool = False  # bf16 autocast around the backbone only (CPU and CUDA); solver, cell, Lyapunov, head in fp32
+    channels_last: bool = False  # NHWC layout of the 4-d weights and the backbone's input (CPU and CUDA)
     data_on_device: bool = True  # keep the uint8 split on the GPU when it fits
     device: Device = "auto"
     sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only; see docs/training.md before enabling)

@@ -46,7 +46,7 @@ from .data import RunData, augment_batch, batch_at, fingerprint, load_split, pla
 from .distributed import DistContext, EpochBatchSampler, barrier, setup, teardown
 from .finite import clip_grads, grad_norm, gradient_problem, nonfinite_flags
 from .meters import MetricsLog, RunningSums, nstep_of
-from .model_setup import autocast, build_run_model, distribute, make_optimizer
+from .model_setup import backbone_autocast, build_run_model, distribute, make_optimizer
 from .outputs import plot_curves, save_final, write_config, write_data_fingerprints, writes_into
 from .rng import rank_seed, seed_all
 from .run_eval import evaluate_clean, final_evaluation
@@ -204,7 +204,7 @@ def _train_step(run: TrainingRun, epoch: int, step: int) -> None:
     x = augment_batch(x, cfg.augment, step_seed(cfg.seed, epoch, step), cfg.batch_size, ctx.rank * sampler.local_batch)
     if cfg.channels_last and use_cuda:
         x = x.contiguous(memory_format=torch.channels_last)
-    with autocast(ctx, cfg.amp and use_cuda):
+    with backbone_autocast(run.model, cfg.amp, cfg.channels_last):
         loss, logits = run.objective(run.net, x, y)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -1,10 +1,12 @@
-"""The model side of a run: the model (seeded, ``train.init_from``), its optimizer and schedule, DDP, autocast."""
+"""The model side of a run: the model (seeded, ``train.init_from``), its optimizer and schedule, DDP, and the
+precision of its feature extractor (``train.amp``: bf16 autocast around the backbone only; ``train.channels_last``).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +17,31 @@ from ..config import ConfigError
 from ..deq.cells import FixedPointBatchNorm
 from ..factory import build_model
 from ..hub import WEIGHTS_NAME, has_pretrained, load_pretrained_weights, load_weights, read_index
+from ..objectives import unwrap
 from .config import TrainConfig
 from .distributed import DistContext
 from .rng import seed_all
 
+# The autocast dtype of ``train.amp``. bf16 keeps float32's exponent range, so no loss scaling is needed.
+AMP_DTYPE = torch.bfloat16
+
 
 def build_run_model(config: Mapping[str, Any], cfg: TrainConfig, ctx: DistContext, init_from: str | None) -> nn.Module:
     """The model of ``config``, initialised from ``train.seed`` (identically on every rank), then loaded from
-    ``init_from`` if given, on this rank's device (channels_last on CUDA when ``train.channels_last``)."""
+    ``init_from`` if given, on this rank's device (its 4-d weights in channels_last layout when
+    ``train.channels_last``, on CPU and CUDA). ``train.amp`` needs a model with a ``backbone`` module
+    (:func:`backbone_autocast`); ConfigError otherwise, before anything is trained."""
     seed_all(cfg.seed)
     model = build_model(config)
+    if cfg.amp and not isinstance(getattr(model, "backbone", None), nn.Module):
+        raise ConfigError(
+            f"train.amp: true autocasts the model's feature extractor (its `backbone` module) in bf16, but "
+            f"{type(model).__name__} has no `backbone` attribute; set train.amp=false for this model"
+        )
     if init_from is not None:
         load_initial_weights(model, init_from)
     model = model.to(ctx.device)
-    if cfg.channels_last and ctx.device.type == "cuda":
+    if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -109,8 +122,50 @@ def distribute(model: nn.Module, cfg: TrainConfig, ctx: DistContext) -> tuple[nn
     return model, net
 
 
-def autocast(ctx: DistContext, amp: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``amp``; otherwise a no-op context."""
-    if amp and ctx.device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+@contextlib.contextmanager
+def backbone_autocast(model: nn.Module, amp: bool, channels_last: bool = False) -> Iterator[None]:
+    """While inside, ``model.backbone`` (the feature extractor; ``model`` may be wrapped in DDP) runs in bf16
+    autocast when ``amp`` and takes its input in channels_last layout when ``channels_last``; nothing else
+    changes. On CPU and CUDA alike: the autocast device is the one the backbone's input is on.
+
+    The backbone's output (the DEQ injection, ``(N, width)``) is cast back to float32, so the DEQ solver, the
+    cell, the Lyapunov module, the head and the loss run in float32 exactly as without amp: the solver's 1e-4
+    tolerance is out of bf16's reach (8 mantissa bits, a relative step of 4e-3), and Anderson's least-squares
+    solve (``torch.linalg``) has no bf16 kernel. The backward pass follows the forward's dtypes. Hooks on the
+    backbone do it (the model's own ``forward`` is untouched); they are removed on exit. Without a backbone
+    (a plugin model) only ``amp`` is refused, by :func:`build_run_model`; here such a model runs as it is.
+    """
+    backbone = getattr(unwrap(model), "backbone", None)
+    if not (amp or channels_last) or not isinstance(backbone, nn.Module):
+        yield
+        return
+    entered: list[torch.autocast] = []
+
+    def enter(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if not args or not torch.is_tensor(args[0]):
+            return None
+        x = args[0]
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if amp:
+            guard = torch.autocast(x.device.type, dtype=AMP_DTYPE)
+            guard.__enter__()
+            entered.append(guard)
+        return (x, *args[1:])
+
+    def leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        # Runs even when the backbone raised (always_call), so the autocast state never leaks out of it.
+        if entered:
+            entered.pop().__exit__(None, None, None)
+            if torch.is_tensor(output) and output.is_floating_point():
+                return output.float()
+        return None
+
+    handles = [backbone.register_forward_pre_hook(enter)]
+    if amp:
+        handles.append(backbone.register_forward_hook(leave, always_call=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

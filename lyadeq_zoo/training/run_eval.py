@@ -14,7 +14,7 @@ from .config import TrainConfig
 from .data import batch_at, to_float
 from .distributed import DistContext, all_reduce_sum
 from .meters import nstep_of
-from .model_setup import autocast
+from .model_setup import backbone_autocast
 
 
 @torch.no_grad()
@@ -34,7 +34,7 @@ def evaluate_clean(
     try:
         for start in range(0, shard.numel(), batch_size):
             x, y = batch_at(images, labels, shard[start : start + batch_size], ctx.device)
-            with autocast(ctx, amp):
+            with backbone_autocast(net, amp):
                 logits = net(x).float()
             sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
             sums[1] += (logits.argmax(1) == y).sum()

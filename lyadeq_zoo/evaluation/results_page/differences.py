@@ -23,7 +23,11 @@ def differences(models: Sequence[ModelEntry]) -> list[str]:
         if ours is not None and paper is not None:
             facts += _paper_suite_facts(ours, paper)
         elif paper is None and ours is not None:
-            facts.append("the paper reports no number for this model")
+            facts.append(
+                "not in the paper: a zoo baseline to compare the DEQ models against"
+                if m.baseline
+                else "the paper reports no number for this model"
+            )
         if strong is not None:
             facts.append(_strong_suite_fact(strong))
         schedule = _schedule_fact(m)

@@ -20,7 +20,11 @@ from ..result import read_result
 # suite slot -> file suffixes tried, in order (RUNS/<name>_<suffix>.json)
 SUITE_FILES: dict[str, tuple[str, ...]] = {"paper": ("paper",), "strong": ("strong", "strong_cpu"), "curve": ("curve",)}
 DATASET_ORDER = ("mnist", "cifar10", "svhn", "cifar100")
-VARIANT_ORDER = ("deq", "deq_orth", "lyadeq_no_orth", "lyadeq", "lyadeq_pgdat", "lyadeq_trades")
+# The baseline without a DEQ (plain) first, then the paper's Table 1 rows; the adversarially trained models last,
+# their own baseline first.
+VARIANT_ORDER = (
+    "plain", "deq", "deq_orth", "lyadeq_no_orth", "lyadeq", "plain_trades", "lyadeq_pgdat", "lyadeq_trades"
+)
 # The checkout root: relative local-dir: paths in results are relative to it (tools/eval.py runs from there).
 CHECKOUT_ROOT = Path(__file__).resolve().parents[3]
 
@@ -43,6 +47,11 @@ class ModelEntry:
     @property
     def shipped(self) -> bool:
         return self.shipped_dir is not None
+
+    @property
+    def baseline(self) -> bool:
+        """Whether the config marks the model as a zoo baseline the paper does not have (``meta.baseline``)."""
+        return bool(self.meta.get("baseline"))
 
     @property
     def paper_row(self) -> dict[str, Any] | None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ...plotting import _pyplot
-from ..result import attack_curve, clean_pct, worst_curve
+from ..result import attack_curve, clean_pct, stability_curve, worst_curve
 from .entries import ModelEntry
-from .formatting import TABLE_EPS, title
+from .formatting import STABILITY_COLUMNS, TABLE_EPS, title
 
 CURVE_MAX_EPS = 20  # the paper's Figure 4 range, x 1/255
 
@@ -17,14 +18,20 @@ def curve_figure(models: Sequence[ModelEntry], path: Path) -> Path | None:
     """One PNG per data set: left, PGD accuracy against eps (ours solid, the paper's Table 1 dotted);
     right, our worst case over the suite's attacks, with the strong suite's worst case as stars.
     Our curves come from the ``curve`` JSON (eps 0..20/255), else the ``paper`` JSON (0..8/255); eps 0 is
-    the clean accuracy. Returns None (no file) when no model of the data set has a result."""
+    the clean accuracy. When some strong result has them (:func:`stability_models`), a third panel shows the
+    solver's statistics at the strong suite's worst-case inputs against eps. Returns None (no file) when no model
+    of the data set has a result."""
     from matplotlib.lines import Line2D
 
     drawn = [m for m in models if m.results.get("curve") or m.results.get("paper") or m.results.get("strong")]
     if not drawn:
         return None
     plt = _pyplot()
-    fig, (ax_pgd, ax_worst) = plt.subplots(1, 2, figsize=(11.5, 4.4), sharey=True)
+    stable = stability_models(drawn)
+    if stable:
+        fig, (ax_pgd, ax_worst, ax_stable) = plt.subplots(1, 3, figsize=(16.5, 4.4), sharey=True)
+    else:
+        fig, (ax_pgd, ax_worst) = plt.subplots(1, 2, figsize=(11.5, 4.4), sharey=True)
     colors = plt.get_cmap("tab10")
     for k, m in enumerate(drawn):
         color = colors(k % 10)
@@ -61,7 +68,11 @@ def curve_figure(models: Sequence[ModelEntry], path: Path) -> Path | None:
                 )
     ax_pgd.set_title("PGD (paper schedule); dotted: the paper's Table 1")
     ax_worst.set_title("worst case over attacks; stars: strong suite")
-    for ax in (ax_pgd, ax_worst):
+    axes = [ax_pgd, ax_worst]
+    if stable:
+        _draw_stability(ax_stable, stable, {m.name: colors(k % 10) for k, m in enumerate(drawn)})
+        axes.append(ax_stable)
+    for ax in axes:
         ax.set_xlabel("eps (x 1/255, l_inf)")
         ax.set_xlim(-0.5, CURVE_MAX_EPS + 0.5)
         ax.set_xticks(range(0, CURVE_MAX_EPS + 1, 2))
@@ -79,3 +90,29 @@ def curve_figure(models: Sequence[ModelEntry], path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _stability_points(m: ModelEntry, key: str) -> list[tuple[float, float]]:
+    """(eps x 1/255, %) of ``key`` at the worst-case inputs of the model's strong result, within the plotted range."""
+    return sorted((e, v) for e, v in stability_curve(m.results.get("strong"), key).items() if e <= CURVE_MAX_EPS)
+
+
+def stability_models(models: Sequence[ModelEntry]) -> list[ModelEntry]:
+    """The models whose strong result has the solver's statistics at its worst-case inputs (drawn in a third
+    panel; without any, the figure is the two panels alone)."""
+    return [m for m in models if any(_stability_points(m, key) for key, _, _ in STABILITY_COLUMNS)]
+
+
+def _draw_stability(ax: Any, models: Sequence[ModelEntry], colors: dict[str, Any]) -> None:
+    """The third panel: solver converged (solid) and Lyapunov certified (dashed) at the strong suite's worst-case
+    inputs, against eps."""
+    styles = {"solver_converged": ("-", "o"), "lyapunov_certified": ("--", "^")}
+    for m in models:
+        for key, label, _ in STABILITY_COLUMNS:
+            points = _stability_points(m, key)
+            if points:
+                xs, ys = zip(*points, strict=True)
+                linestyle, marker = styles.get(key, (":", "."))
+                ax.plot(xs, ys, color=colors[m.name], linestyle=linestyle, marker=marker, markersize=4,
+                        linewidth=1.4, label=f"{m.name}: {label}")
+    ax.set_title("at the strong suite's worst-case inputs (%)")

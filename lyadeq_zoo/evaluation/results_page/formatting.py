@@ -12,6 +12,12 @@ from ..result import worst_curve
 TABLE_EPS = (2, 4, 6, 8)  # the paper's Table 1 radii, x 1/255
 DIFF_POINTS = 5.0  # |ours - paper| in accuracy points from which a number is set in bold
 DASH = "–"
+# (key of a worst_case entry, label, what it counts): the solver's statistics at the worst-case inputs that the
+# results table and the figure show, only for results that have them (see lyadeq_zoo.evaluation.under_attack)
+STABILITY_COLUMNS = (
+    ("solver_converged", "solver converged", "whose forward solve reached the solver's tolerance"),
+    ("lyapunov_certified", "Lyapunov certified", "whose Lyapunov decrease certificate held"),
+)
 
 
 def fmt(value: float | None) -> str:

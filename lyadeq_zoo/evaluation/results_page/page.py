@@ -10,7 +10,7 @@ from ...fileio import write_text_atomic
 from ...version import __version__
 from .differences import differences
 from .entries import ModelEntry, collect_models, dataset_rank
-from .figure import curve_figure
+from .figure import curve_figure, stability_models
 from .formatting import DIFF_POINTS, title
 from .reproduce import reproduce_section
 from .tables import checks_table, results_table, training_table
@@ -69,6 +69,12 @@ def build_page(
     return "\n".join(lines).rstrip() + "\n"
 
 
+STABILITY_CAPTION = (
+    " Third panel: % of the strong suite's images whose forward solve converged (solid) and whose Lyapunov "
+    "certificate held (dashed) at their worst-case input."
+)
+
+
 def _dataset_section(group: Sequence[ModelEntry], figure_path: Path, out_dir: Path) -> list[str]:
     """Results table, figure (written to ``figure_path``), masking checks, training, differences."""
     name = title(group[0].dataset)
@@ -82,7 +88,7 @@ def _dataset_section(group: Sequence[ModelEntry], figure_path: Path, out_dir: Pa
             "Left: PGD with the paper's schedule (solid: ours; dotted: the paper's Table 1, which stops at "
             "8/255). Right: worst case over the attacks of the curve suite (I-FGSM, PGD, PGD-CW-20) or, "
             "without a curve result, of the paper suite; stars: the strong suite's worst case. eps 0 is the "
-            "clean accuracy.",
+            "clean accuracy." + (STABILITY_CAPTION if stability_models(group) else ""),
             "",
         ]
     lines += [f"### Masking checks ({name})", "", *checks_table(group), ""]

@@ -6,33 +6,70 @@ from collections.abc import Mapping, Sequence
 
 from ...hub import fine_tuned_from
 from ..checks import CHECK_NAMES
-from ..result import attack_curve, clean_pct, eps_255_key, sample_note, worst_curve
+from ..result import attack_curve, clean_pct, eps_255_key, sample_note, stability_curve, worst_curve
 from .entries import ModelEntry, weights_status
-from .formatting import DASH, TABLE_EPS, eps_label, flagged, fmt, large_eps_point, md_escape, series, signed
+from .formatting import (
+    DASH,
+    STABILITY_COLUMNS,
+    TABLE_EPS,
+    eps_label,
+    flagged,
+    fmt,
+    large_eps_point,
+    md_escape,
+    series,
+    signed,
+)
 
 
 def results_table(models: Sequence[ModelEntry]) -> list[str]:
-    """The per-data-set table: our row (paper suite + strong worst case), then the paper's row."""
+    """The per-data-set table: our row (paper suite + strong worst case, and the solver's statistics at the strong
+    worst-case inputs when some model's result has them), then the paper's row."""
     head = (
         f"| model | evaluated on | clean | I-FGSM {' / '.join(map(str, TABLE_EPS))} | "
         f"PGD {' / '.join(map(str, TABLE_EPS))} | Δ vs paper (clean; PGD 8) | "
         f"worst case {' / '.join(map(str, TABLE_EPS))} | worst case at large eps | strong suite |"
     )
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    # Columns of the solver's statistics at the strong suite's worst-case inputs, only when some result has them.
+    stability = [column for column in STABILITY_COLUMNS if _has_stability(models, column[0])]
+    head += "".join(f" {label} {' / '.join(map(str, TABLE_EPS))} |" for _, label, _ in stability)
+    pad = " |" * len(stability)  # the paper's rows have no such numbers
+    lines = [head, "|---|---|---|---|---|---|---|---|---|" + "---|" * len(stability)]
     for m in models:
         paper = m.paper_row
         label = f"`{m.name}`" + ("" if m.shipped else " (not shipped)")
         where, cells = _paper_suite_cells(m.results.get("paper"), paper)
         cells += _strong_suite_cells(m.results.get("strong"))
+        cells += [_stability_series(m.results.get("strong"), key) for key, _, _ in stability]
         lines.append(f"| {label} | {where} | " + " | ".join(cells) + " |")
         if paper is not None:
             lines.append(
                 f"| ↳ paper ({paper['table']}) | reported | {fmt(paper['clean'])} | {series(paper['ifgsm'])} | "
-                f"{series(paper['pgd'])} | | | | |"
+                f"{series(paper['pgd'])} | | | | |" + pad
             )
+        elif m.baseline:
+            lines.append("| ↳ paper | not in the paper: a zoo baseline | | | | | | | |" + pad)
         else:
-            lines.append("| ↳ paper | not reported for this data set | | | | | | | |")
+            lines.append("| ↳ paper | not reported for this data set | | | | | | | |" + pad)
+    if stability:
+        meanings = "; ".join(f"{label}: % of the strong suite's images {meaning}" for _, label, meaning in stability)
+        lines += [
+            "",
+            f"{meanings}; each at the image's worst-case input (the example of the first attack that broke it, else "
+            "of the last attack that ran on it; see `lz.evaluation.under_attack`).",
+        ]
     return lines
+
+
+def _has_stability(models: Sequence[ModelEntry], key: str) -> bool:
+    """Whether some model's strong result holds ``key`` in a worst-case entry."""
+    return any(key in item for m in models for item in (m.results.get("strong") or {}).get("worst_case") or [])
+
+
+def _stability_series(strong: Mapping | None, key: str) -> str:
+    """``a / b / c / d``: the strong result's ``key`` (a fraction of the images) in % at the table radii."""
+    curve = stability_curve(strong, key)
+    return series([curve.get(eps_255_key(e)) for e in TABLE_EPS]) if curve else DASH
 
 
 def _paper_suite_cells(ours: Mapping | None, paper: Mapping | None) -> tuple[str, list[str]]:
