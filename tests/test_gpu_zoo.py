@@ -33,7 +33,7 @@ from lyadeq_zoo.gpu_zoo.collect import SUMMARY, collect, read_summary, restore
 from lyadeq_zoo.gpu_zoo.limits import OutLimits, format_size, parse_size
 from lyadeq_zoo.gpu_zoo.runs import run_progress
 from lyadeq_zoo.gpu_zoo.schedule import ZooOptions, cycle, launch_training
-from lyadeq_zoo.gpu_zoo.staging import stage
+from lyadeq_zoo.gpu_zoo.staging import StageReport, stage
 from lyadeq_zoo.gpu_zoo.workdir import WorkDir
 from lyadeq_zoo.training import list_checkpoints, train
 from lyadeq_zoo.training.checkpoint import verify_checkpoint
@@ -64,7 +64,7 @@ def fake_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _stage_calls(carry_dir: Path, work: WorkDir, order: list[int], tmp: Path) -> list:
+def _stage_calls(carry_dir: Path, work: WorkDir, order: list[int], tmp: Path) -> list[StageReport]:
     """Stage the batches one call at a time in ``order``: each call's carry folder holds that batch alone."""
     reports = []
     for k in order:
@@ -104,7 +104,8 @@ def test_batches_stay_under_their_limit_and_stage_rebuilds_identical_files(fake_
     assert reports[-1].complete and not reports[-1].damaged
     for item in items:
         assert filecmp.cmp(item.source, work.root / item.dest, shallow=False), item.dest
-    assert not any(work.pieces.rglob("*.0")), "pieces are deleted once their file is rebuilt"
+    left = [p.name for p in work.pieces.rglob("*") if p.is_file()]
+    assert left == [carry.PLAN_NAME], "pieces are deleted once their file is rebuilt"
     # The readers read the staged folder as they read the original.
     staged = lz.get_component("dataset", "mnist")(split="train", root=str(work.data))
     original = lz.get_component("dataset", "mnist")(split="train", root=str(fake_data))
@@ -114,15 +115,19 @@ def test_batches_stay_under_their_limit_and_stage_rebuilds_identical_files(fake_
 
 def test_a_damaged_piece_is_named_and_its_batch_asked_for_again(fake_data: Path, tmp_path: Path) -> None:
     items = carry.data_items(fake_data, ["mnist"])
-    plan = carry.write_carry(items, tmp_path / "carry", 200_000)
-    piece = next(p for p in (tmp_path / "carry" / "batch-0").iterdir() if p.name != carry.PLAN_NAME)
+    carry.write_carry(items, tmp_path / "carry", 200_000)
+    shutil.copytree(tmp_path / "carry", tmp_path / "call-1")
+    piece = next(p for p in (tmp_path / "call-1" / "batch-0").iterdir() if p.name != carry.PLAN_NAME)
     data = bytearray(piece.read_bytes())
     data[len(data) // 2] ^= 0xFF
     piece.write_bytes(bytes(data))
     work = WorkDir(tmp_path / "work")
-    report = stage(tmp_path / "carry", work)
+    report = stage(tmp_path / "call-1", work)
     assert not report.complete and any(piece.name in problem for problem in report.damaged)
-    assert "batch-0" in report.batches_needed and len(plan["batches"]) >= 1
+    assert report.batches_needed == ["batch-0"]
+    # Carried again intact, the batch completes the plan.
+    shutil.copytree(tmp_path / "carry" / "batch-0", tmp_path / "call-2" / "batch-0")
+    assert stage(tmp_path / "call-2", work).complete
 
 
 def test_the_plan_counts_the_tree_and_needs_an_ignored_folder(tmp_path: Path) -> None:
@@ -200,14 +205,25 @@ def test_collect_combines_runs_when_files_run_short_and_refuses_what_cannot_fit(
         collect(work, tmp_path / "small", names, limits=OutLimits(files=2, file_bytes=1000, total_bytes=2000))
 
 
-def test_restore_refuses_a_part_that_does_not_match_the_summary(finished_and_cut_runs: WorkDir, tmp_path: Path) -> None:
+def test_restore_refuses_a_damaged_archive_and_takes_one_newer_than_the_summary(
+    finished_and_cut_runs: WorkDir, tmp_path: Path
+) -> None:
     collect(finished_and_cut_runs, tmp_path / "out", ["deq_mnist"])
     archive = tmp_path / "out" / read_summary(tmp_path / "out")["archives"][0]["parts"][0]["file"]
-    archive.write_bytes(archive.read_bytes()[:-10])
+    archive.write_bytes(archive.read_bytes()[:-10])  # truncated: gzip's end is gone
     lines = restore(tmp_path / "out", WorkDir(tmp_path / "fresh"))
     assert lines == [f"restore: run-deq_mnist.tgz skipped ({archive.name} does not match its size/sha256 in "
                      f"{SUMMARY})"]
     assert not (tmp_path / "fresh" / "runs" / "deq_mnist").exists()
+    # A collect killed after replacing the archive but before its summary: the summary describes the archive
+    # before; the intact newer archive is taken.
+    collect(finished_and_cut_runs, tmp_path / "newer", ["deq_mnist_cut"])
+    summary = read_summary(tmp_path / "newer")
+    summary["archives"][0]["parts"][0]["sha256"] = "0" * 64
+    (tmp_path / "newer" / SUMMARY).write_text(json.dumps(summary))
+    lines = restore(tmp_path / "newer", WorkDir(tmp_path / "fresh2"))
+    assert lines[0].endswith("differs from summary.json (newer) but decodes whole; taken"), lines
+    assert "restored (checkpoint at step 4)" in lines[1]
 
 
 # -- precision ---------------------------------------------------------------------------------------------

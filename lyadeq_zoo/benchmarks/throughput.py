@@ -11,8 +11,8 @@ FLOPs, and measured time over the FLOP floor.
 * ``model.precision``: one ``lyadeq_cifar10`` train step (forward, backward, Adam) in float32, with
   ``train.channels_last``, and with ``channels_last`` + ``train.amp`` (bf16 autocast around the backbone only;
   :func:`lyadeq_zoo.training.model_setup.backbone_autocast`), side by side: images/s, forward f-evals, and the
-  operator calls and host syncs one step makes (on a GPU each operator call is at least one kernel launch, the
-  floor of a small model's step there).
+  operator calls of its forward and backward: all, those that compute (on a GPU about one kernel launch each,
+  the floor of a small model's step there) and those that read a value to the host (a device sync on a GPU).
 """
 
 from __future__ import annotations
@@ -63,27 +63,27 @@ def count_flops(fn: Callable[[], Any]) -> int:
 
 
 class _OperatorCounter(TorchDispatchMode):
-    """Counts the ATen operator calls made inside it, and how many of them copy a value to the host (a sync)."""
+    """Counts the ATen operator calls made inside it: all, those that compute (not views: on a GPU each is
+    about one kernel launch), and those that read a value to the host (``.item()``, ``bool(t)``: a device sync)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.calls = 0
-        self.host_syncs = 0
+        self.calls = self.computing = self.host_reads = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.calls += 1
-        if func is torch.ops.aten._local_scalar_dense.default:  # .item(), bool(tensor), int(tensor) ...
-            self.host_syncs += 1
+        self.computing += not getattr(func, "is_view", False)
+        self.host_reads += func is torch.ops.aten._local_scalar_dense.default
         return func(*args, **(kwargs or {}))
 
 
-def count_operators(fn: Callable[[], Any]) -> tuple[int, int]:
-    """``(ATen operator calls, host syncs)`` that ``fn`` makes, forward and backward (autograd's engine
-    dispatches the backward's operators through the same mode)."""
+def count_operators(fn: Callable[[], Any]) -> dict[str, int]:
+    """``{"calls", "computing", "host_reads"}``: the ATen operator calls ``fn`` makes, forward and backward
+    (autograd's engine dispatches the backward's operators through the same mode); see :class:`_OperatorCounter`."""
     counter = _OperatorCounter()
     with counter:
         fn()
-    return counter.calls, counter.host_syncs
+    return {"calls": counter.calls, "computing": counter.computing, "host_reads": counter.host_reads}
 
 
 def precision_case(device: torch.device, batch: int, repeat: int, name: str = "lyadeq_cifar10") -> dict[str, Any]:
@@ -104,26 +104,28 @@ def precision_case(device: torch.device, batch: int, repeat: int, name: str = "l
         opt = torch.optim.Adam(model.parameters(), lr=0.0)
 
         def step(model: nn.Module = model, opt: torch.optim.Optimizer = opt, amp: bool = amp,
-                 channels_last: bool = channels_last) -> None:
+                 channels_last: bool = channels_last, optimizer: bool = True) -> None:
             opt.zero_grad(set_to_none=True)
             with backbone_autocast(model, amp, channels_last):
                 loss = F.cross_entropy(model(images), labels)
             loss.backward()
-            opt.step()
+            if optimizer:
+                opt.step()
 
         steps[variant], models[variant] = step, model
     times = interleaved(steps, device, repeat)
     rows: dict[str, Any] = {}
     for variant, channels_last, amp in PRECISION_VARIANTS:
-        calls, syncs = count_operators(steps[variant])
+        # Counted without Adam's step: its per-parameter .item() reads a CPU step counter, which on a GPU is
+        # no device sync, and its foreach kernels are a few launches for all parameters.
+        ops = count_operators(functools.partial(steps[variant], optimizer=False))
         rows[variant] = {
             "channels_last": channels_last,
             "amp": amp,
             "train_step_s": times[variant],
             "train_images_per_s": batch / times[variant],
             "f_evals": int(models[variant].deq.last_info["n_f_evals"]),
-            "operator_calls_per_step": calls,
-            "host_syncs_per_step": syncs,
+            "operators_forward_backward": ops,
         }
     return {
         "model": name,

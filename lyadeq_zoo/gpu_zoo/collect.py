@@ -6,7 +6,7 @@ One run's archive ``run-<name>.tgz`` holds ``<name>/``: ``config.yaml``, ``data.
 run not finished) or ``final/`` (a finished one), and the tail of each of its job logs (``logs/``). A checkpoint
 is hard-linked into a snapshot first and verified there, so pruning by the live run cannot tear it;
 ``metrics.jsonl`` is copied after it, so it is at least as long as the checkpoint expects (``--resume`` cuts it
-back). An archive larger than one file may be comes back as ``run-<name>.tgz.000``, ``.001`` ...; when the runs
+back). An archive larger than one ``$OUT`` file comes back as ``run-<name>.tgz.000``, ``.001`` ...; when the runs
 need more files than ``$OUT`` may hold, all runs go into one ``runs.tgz`` (split the same way), and if that is
 still too large the logs and curves are left out. ``summary.json`` lists every file with its size and sha256 and
 every run's progress; it is written last.
@@ -173,7 +173,7 @@ def plan_archives(
         )
     raise ConfigError(
         f"the state of {len(names)} run(s) does not fit in what $OUT may bring back ({free_files} more file(s), "
-        f"{format_size(free_bytes)}): {'; '.join(attempts)}. Collect fewer runs per call (collect --runs ...)"
+        f"{format_size(free_bytes)}): {'; '.join(attempts)}. Collect fewer runs per call (name them: collect NAME ...)"
     )
 
 
@@ -263,6 +263,20 @@ def _safe_members(tar: tarfile.TarFile, names: Iterable[str]) -> list[tarfile.Ta
     return members
 
 
+def _extract(archive: Path, names: Sequence[str], target: Path) -> None:
+    """Unpack a run archive into ``target`` (only plain files and folders under ``names``), reading it to its end
+    so that gzip's CRC is checked."""
+    with tarfile.open(archive, "r:gz") as tar:
+        members = _safe_members(tar, names)
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(target, members=members, filter="data")
+        else:  # Python < 3.11.4: the members were checked above
+            tar.extractall(target, members=members)
+        # tarfile stops at the end-of-archive blocks; reading the gzip stream to its end checks its CRC and length.
+        while tar.fileobj.read(1 << 20):
+            pass
+
+
 def _rank(run_dir: Path) -> tuple[int, int]:
     """How far a run folder got: finished beats any checkpoint, a later checkpoint an earlier one."""
     if is_finished(run_dir):
@@ -294,28 +308,28 @@ def restore(source: str | Path, work: WorkDir, *, busy: Iterable[str] = ()) -> l
     lines: list[str] = []
     try:
         for archive in summary["archives"]:
-            problems = []
-            for part in archive["parts"]:
-                path = source / part["file"]
-                if not path.is_file():
-                    problems.append(f"{part['file']} is missing")
-                elif path.stat().st_size != part["bytes"] or _sha256(path) != part["sha256"]:
-                    problems.append(f"{part['file']} does not match its size/sha256 in {SUMMARY}")
-            if problems:
-                lines.append(f"restore: {archive['name']} skipped ({'; '.join(problems)})")
+            missing = [p["file"] for p in archive["parts"] if not (source / p["file"]).is_file()]
+            if missing:
+                lines.append(f"restore: {archive['name']} skipped ({', '.join(missing)} missing)")
                 continue
+            differ = [p["file"] for p in archive["parts"] if (source / p["file"]).stat().st_size != p["bytes"]
+                      or _sha256(source / p["file"]) != p["sha256"]]
             joined = scratch / archive["name"]
             with open(joined, "wb") as out:
                 for part in archive["parts"]:
                     with open(source / part["file"], "rb") as src:
                         shutil.copyfileobj(src, out, 1 << 20)
             unpacked = scratch / f"{archive['name']}.d"
-            with tarfile.open(joined, "r:gz") as tar:
-                members = _safe_members(tar, archive["runs"])
-                if hasattr(tarfile, "data_filter"):
-                    tar.extractall(unpacked, members=members, filter="data")
-                else:  # Python < 3.11.4: the members were checked above
-                    tar.extractall(unpacked, members=members)
+            try:
+                _extract(joined, archive["runs"], unpacked)
+            except (tarfile.TarError, OSError, EOFError, ConfigError) as err:
+                why = f"{', '.join(differ)} does not match its size/sha256 in {SUMMARY}" if differ else str(err)
+                lines.append(f"restore: {archive['name']} skipped ({why})")
+                continue
+            if differ:
+                # A collect killed between an archive and the summary: the archive is newer, and its gzip
+                # stream (CRC-checked to its end) decoded whole, so it is taken.
+                lines.append(f"restore: {archive['name']} differs from {SUMMARY} (newer) but decodes whole; taken")
             for name in archive["runs"]:
                 lines.append(_place(unpacked / name, work, name, busy))
     finally:

@@ -67,9 +67,14 @@ def _has_stability(models: Sequence[ModelEntry], key: str) -> bool:
 
 
 def _stability_series(strong: Mapping | None, key: str) -> str:
-    """``a / b / c / d``: the strong result's ``key`` (a fraction of the images) in % at the table radii."""
+    """``a / b / c / d``: the strong result's ``key`` (a fraction of the images) in % at the table radii, then
+    ``; e at 76.5/255`` at its largest eps when that is beyond them (the sanity radius)."""
     curve = stability_curve(strong, key)
-    return series([curve.get(eps_255_key(e)) for e in TABLE_EPS]) if curve else DASH
+    if not curve:
+        return DASH
+    text = series([curve.get(eps_255_key(e)) for e in TABLE_EPS])
+    top = max(curve)
+    return text + (f"; {fmt(curve[top])} at {eps_label(top)}" if top > max(TABLE_EPS) + 1e-6 else "")
 
 
 def _paper_suite_cells(ours: Mapping | None, paper: Mapping | None) -> tuple[str, list[str]]:
