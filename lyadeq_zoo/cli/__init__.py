@@ -10,6 +10,7 @@ around these mains.
 * ``lyadeq-publish`` (``tools/publish.py``): :mod:`lyadeq_zoo.cli.publish`, Hub push and pretrained index.
 * ``lyadeq-results-page`` (``tools/results_page.py``): :mod:`lyadeq_zoo.cli.results_page`, the results page.
 * ``lyadeq-quickstart`` (``tools/quickstart.py``): :mod:`lyadeq_zoo.cli.quickstart`, the README's first look.
+* ``lyadeq-gpu-zoo`` (``tools/gpu_zoo.py``): :mod:`lyadeq_zoo.cli.gpu_zoo`, the prepared GPU training pipeline.
 """
 
 from __future__ import annotations
