@@ -14,6 +14,7 @@ class                            raised when
 ``ChecksumError``                a weights file's sha256 differs from the pretrained index
 ``DataFormatError``              a data file is not what its reader expects
 ``AttackNotApplicable``          an attack cannot run on this model (e.g. no DEQ layer to unroll)
+``MissingDependencyError``       an optional extra a component needs is not installed (names the pip command)
 ``InputError``                   images or labels given to a model, attack or evaluation have a wrong shape or
                                  values (outside [0, 1], NaN/inf, labels out of range); see :mod:`.inputs`
 ``InputTypeError``               ... or a wrong type (uint8 / integer images, a numpy array, float labels)
@@ -57,6 +58,10 @@ class ChecksumError(CheckpointError):
 
 class DataFormatError(LyadeqZooError, ValueError):
     """A data file (IDX, ``.npy.xz``, sample manifest) does not have the expected format or content."""
+
+
+class MissingDependencyError(LyadeqZooError, ModuleNotFoundError):
+    """An optional extra that a component needs is not installed; the message names the install command."""
 
 
 class AttackNotApplicable(LyadeqZooError, ValueError):

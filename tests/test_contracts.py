@@ -42,6 +42,9 @@ ATTACK_OPTIONS: dict[str, dict[str, Any]] = {
     "ifgsm": {"steps": 2},
     "apgd": {"steps": 3},
     "square": {"n_queries": 10},
+    "autoattack": {"version": "custom", "attacks_to_run": ["apgd-ce"], "n_iter": 3},
+    "divergence": {"steps": 2},
+    "intermediate": {"steps": 2},
 }
 OBJECTIVE_OPTIONS: dict[str, dict[str, Any]] = {"trades": {"steps": 2}, "pgd_at": {"steps": 2}}
 # Architectures (model classes) are built from the tiny config (conftest.py) with their name as model.type;

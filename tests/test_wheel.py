@@ -99,7 +99,7 @@ def test_console_scripts_and_tools_run_the_package_mains() -> None:
 def test_a_checkout_reads_its_configs_folder() -> None:
     assert lz.configs_dir() == REPO / "configs"
     assert {"lyadeq_mnist", "plain_mnist", "lyadeq_trades_cifar10"} <= set(_zoo_names())  # guards the glob
-    assert set(_zoo_names()) == set(lz.list_models())
+    assert set(_zoo_names()) <= set(lz.list_models())  # other tests may register models of their own
 
 
 def test_configs_dir_prefers_the_installed_copy_and_names_both_places_when_neither_exists(

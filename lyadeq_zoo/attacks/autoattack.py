@@ -59,11 +59,12 @@ _LOGGER_NAME = "lyadeq_zoo.attacks.autoattack.flags"
 
 
 def load_pyautoattack() -> ModuleType:
-    """The ``pyautoattack`` package; ``ModuleNotFoundError`` naming the install command when it is missing."""
+    """The ``pyautoattack`` package; :class:`MissingDependencyError` (a ``ModuleNotFoundError``) naming the install
+    command when it is missing."""
     try:
         import pyautoattack  # an optional extra: imported only when the attack is built
     except ImportError as err:
-        raise ModuleNotFoundError(
+        raise MissingDependencyError(
             f"the 'autoattack' attack runs the official AutoAttack from the pyautoattack package, which cannot be "
             f"imported ({err}); install it with: {INSTALL_COMMAND}",
             name="pyautoattack",

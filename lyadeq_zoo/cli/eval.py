@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..config import parse_yaml
-from ..errors import ConfigError, UnknownComponentError
+from ..errors import ConfigError, MissingDependencyError, UnknownComponentError
 from ..evaluation import (
     attach_provenance,
     dataset_name,
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             dataset=dataset,
             batch_size=args.batch_size,
         )
-    except (ConfigError, UnknownComponentError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, UnknownComponentError, MissingDependencyError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     attach_provenance(result, model={"name": args.model, **source}, data=data_record)

@@ -69,8 +69,8 @@ def evaluate(
         # The parameters do not change while evaluating: parametrized weights (the orthogonal head's matrix_exp)
         # are computed once for the whole evaluation instead of at every forward pass of every attack step.
         with parametrize.cached():
-            batches = _batches(model, loader, limit, batch_size)
-            tally = _run_attacks(model, batches, suite, device, seed, progress)
+            batches = collect_batches(model, loader, limit, batch_size)
+            tally = run_attacks(model, batches, suite, device, seed, progress)
             result = assemble_result(
                 suite,
                 tally.runs,
@@ -94,7 +94,7 @@ def evaluate(
         model.train(was_training)
 
 
-def _batches(
+def collect_batches(
     model: nn.Module, loader: Iterable[Any] | Dataset, limit: int | None, batch_size: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``limit`` samples of ``loader`` as (images, labels) batches, all held at once.
@@ -123,7 +123,7 @@ def _batches(
     return out
 
 
-def _plan_runs(model: nn.Module, suite: Mapping[str, Any], n: int) -> list[AttackRun]:
+def plan_runs(model: nn.Module, suite: Mapping[str, Any], n: int) -> list[AttackRun]:
     """One run per (attack spec, eps), in suite order; attacks that do not apply to ``model`` are marked
     skipped with the reason."""
     runs: list[AttackRun] = []
@@ -175,19 +175,24 @@ class Tally:
         return stats
 
 
-def _run_attacks(
+def run_attacks(
     model: nn.Module,
     batches: list[tuple[torch.Tensor, torch.Tensor]],
     suite: Mapping[str, Any],
     device: torch.device,
     seed: int,
     progress: bool,
+    batch_offset: int = 0,
 ) -> Tally:
-    """Run every attack of ``suite`` on every batch, in suite order per batch; see :class:`Tally`."""
+    """Run every attack of ``suite`` on every batch, in suite order per batch; see :class:`Tally`.
+
+    Batch ``b`` of ``batches`` is seeded as batch ``batch_offset + b`` of the whole evaluation, so a job that
+    evaluates the images in pieces (:mod:`.job`) draws the same random numbers as one :func:`evaluate` call.
+    """
     from tqdm.auto import tqdm  # a progress bar only; not imported with the package
 
     n = sum(int(x.shape[0]) for x, _ in batches)
-    runs = _plan_runs(model, suite, n)
+    runs = plan_runs(model, suite, n)
     tally = Tally(runs=runs, clean_correct=torch.zeros(n, dtype=torch.bool), robust={})
     robust = tally.robust
     total_steps = len(batches) * sum(r["skipped"] is None for r in runs)
@@ -214,7 +219,7 @@ def _run_attacks(
             idx = targets.nonzero().squeeze(1)
             t0 = time.perf_counter()
             if idx.numel():
-                with _seeded(seed, b, r_index, device):
+                with _seeded(seed, batch_offset + b, r_index, device):
                     x_adv = run["attack"](model, x[idx.to(device)], y[idx.to(device)])
                 _check_threat_model(x_adv, x[idx.to(device)], run["eps"], run["spec"]["name"])
                 with torch.no_grad():
