@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..errors import AttackNotApplicable
+from ..errors import AttackNotApplicable, MissingDependencyError
 from ..inputs import parameter_dtype
 from ..registry import register
 from .base import Attack
