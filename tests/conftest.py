@@ -130,3 +130,26 @@ def restore_registries() -> Iterator[Callable[[], None]]:
         yield restore
     finally:
         restore()
+
+
+@pytest.fixture(scope="module")
+def trained_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A small attack target: an MLP with ~88% test accuracy, trained here in ~0.3 s on the shipped sample.
+
+    Returns (model in eval mode, 200 test images (N, 1, 28, 28) in [0, 1], labels (N,)).
+    """
+    torch.manual_seed(0)
+    x_train, y_train = lz.get_component("dataset", "mnist")(split="train", root="sample").tensors()
+    x_test, y_test = lz.get_component("dataset", "mnist")(split="test", root="sample").tensors()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        idx = torch.randint(0, len(x_train), (64,))
+        loss = nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    for p in model.parameters():
+        p.grad = None
+    return model, x_test[:200], y_test[:200]

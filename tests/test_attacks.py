@@ -27,26 +27,6 @@ def _mnist(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return data.tensors()
 
 
-@pytest.fixture(scope="module")
-def trained() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """(MLP with ~88% test accuracy, 200 test images (N, 1, 28, 28) in [0, 1], labels (N,))."""
-    torch.manual_seed(0)
-    x_train, y_train = _mnist("train")
-    x_test, y_test = _mnist("test")
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(300):
-        idx = torch.randint(0, len(x_train), (64,))
-        loss = nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
-    return model, x_test[:200], y_test[:200]
-
-
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return (model(x).argmax(1) == y).float().mean().item()
@@ -98,8 +78,8 @@ def test_paper_step_counts() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS) + ["transfer"])
-def test_threat_model_flags_and_strength(name: str, trained) -> None:
-    model, x, y = trained
+def test_threat_model_flags_and_strength(name: str, trained_mlp) -> None:
+    model, x, y = trained_mlp
     options = {"source": model} if name == "transfer" else ATTACKS[name]
     attack = create_attack(name, eps=EPS, seed=0, **options)
     frozen = model[1].weight
@@ -121,8 +101,8 @@ def test_threat_model_flags_and_strength(name: str, trained) -> None:
     assert robust < clean - 0.3, f"{name}: {clean:.2f} -> {robust:.2f}"
 
 
-def test_more_steps_and_restarts_at_least_as_strong(trained) -> None:
-    model, x, y = trained
+def test_more_steps_and_restarts_at_least_as_strong(trained_mlp) -> None:
+    model, x, y = trained_mlp
     weak = create_attack("pgd", eps="8/255", seed=0)
     strong = create_attack("pgd", eps="8/255", steps=40, restarts=3, seed=0)
     acc_weak = accuracy(model, weak(model, x, y), y)
@@ -131,16 +111,16 @@ def test_more_steps_and_restarts_at_least_as_strong(trained) -> None:
     assert acc_strong <= acc_weak + 1 / len(y)
 
 
-def test_seeded_attacks_are_deterministic(trained) -> None:
-    model, x, y = trained
+def test_seeded_attacks_are_deterministic(trained_mlp) -> None:
+    model, x, y = trained_mlp
     a = create_attack("pgd", eps="8/255", seed=3)(model, x[:50], y[:50])
     b = create_attack("pgd", eps="8/255", seed=3)(model, x[:50], y[:50])
     c = create_attack("pgd", eps="8/255", seed=4)(model, x[:50], y[:50])
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_square_needs_no_gradient(trained) -> None:
-    model, x, y = trained
+def test_square_needs_no_gradient(trained_mlp) -> None:
+    model, x, y = trained_mlp
     blind = NoGradientModel(model)
     with pytest.raises(RuntimeError, match="refuses"):
         create_attack("pgd", eps=EPS)(blind, x, y)
@@ -174,8 +154,8 @@ def test_losses() -> None:
     assert attack_loss("dlr", 7 * logits, y).tolist() == pytest.approx(attack_loss("dlr", logits, y).tolist())
 
 
-def test_eps_zero_and_bad_inputs(trained) -> None:
-    model, x, y = trained
+def test_eps_zero_and_bad_inputs(trained_mlp) -> None:
+    model, x, y = trained_mlp
     assert torch.equal(create_attack("pgd", eps=0)(model, x[:5], y[:5]), x[:5])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         create_attack("pgd")(model, x[:5] * 2 - 0.5, y[:5])
@@ -195,8 +175,8 @@ def test_create_attack_errors() -> None:
     assert set(lz.list_components("attack")) >= {"fgsm", "ifgsm", "pgd", "apgd", "square", "transfer"}
 
 
-def test_grad_mode_needs_a_deq(trained) -> None:
-    model, x, y = trained
+def test_grad_mode_needs_a_deq(trained_mlp) -> None:
+    model, x, y = trained_mlp
     with pytest.raises(AttackNotApplicable, match="DEQ"):
         create_attack("pgd", grad_mode="unroll")(model, x[:4], y[:4])
 

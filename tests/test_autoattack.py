@@ -38,26 +38,6 @@ def _mnist(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return lz.get_component("dataset", "mnist")(split=split, root="sample").tensors()
 
 
-@pytest.fixture(scope="module")
-def trained() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """(MLP with ~88% test accuracy trained here in ~0.3 s, 200 test images (N, 1, 28, 28) in [0, 1], labels (N,))."""
-    torch.manual_seed(0)
-    x_train, y_train = _mnist("train")
-    x_test, y_test = _mnist("test")
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(300):
-        idx = torch.randint(0, len(x_train), (64,))
-        loss = nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
-    return model, x_test[:200], y_test[:200]
-
-
 def still_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(x).argmax(1) == y
@@ -78,8 +58,8 @@ EPS = 0.05  # the MLP keeps ~40% under APGD here: the comparison is on a curve's
 
 
 @pytest.mark.parametrize("loss", ["ce", "dlr"])
-def test_our_apgd_matches_the_official_apgd(trained, loss: str) -> None:
-    model, x, y = trained
+def test_our_apgd_matches_the_official_apgd(trained_mlp, loss: str) -> None:
+    model, x, y = trained_mlp
     ours = still_correct(model, create_attack("apgd", eps=EPS, steps=100, loss=loss, seed=0)(model, x, y), y)
     official_attack = APGDAttack(model, n_iter=100, eps=EPS, loss=loss, n_restarts=1, seed=0, device="cpu")
     official = still_correct(model, official_attack.perturb(x, y), y)
@@ -90,10 +70,10 @@ def test_our_apgd_matches_the_official_apgd(trained, loss: str) -> None:
 
 
 @pytest.mark.slow
-def test_our_square_is_at_least_as_strong_as_the_official_square(trained) -> None:
+def test_our_square_is_at_least_as_strong_as_the_official_square(trained_mlp) -> None:
     # One-sided: ours redraws a window whose new signs change nothing (as the Square Attack paper's code does;
     # AutoAttack's copy spends the query), so at the same budget it may break more, never clearly fewer.
-    model, x, y = trained
+    model, x, y = trained_mlp
     queries = 300
     ours = still_correct(model, create_attack("square", eps=EPS, n_queries=queries, seed=0)(model, x, y), y)
     # resc_schedule: the window schedule rescaled to the budget, as ours does.
@@ -147,8 +127,8 @@ def test_autoattack_on_a_deq_keeps_the_contract(lyadeq_mnist: nn.Module, grad_mo
     assert info["autoattack_settings"]["apgd_iterations"] == 5 and info["autoattack_settings"]["square_queries"] == 20
 
 
-def test_standard_version_settings_and_deterministic_seed(trained) -> None:
-    model, x, y = trained
+def test_standard_version_settings_and_deterministic_seed(trained_mlp) -> None:
+    model, x, y = trained_mlp
     attack = create_attack("autoattack", eps=EPS, seed=3, n_iter=3, n_queries=5, n_target_classes=1)
     first = attack(model, x[:20], y[:20])
     assert torch.equal(first, attack(model, x[:20], y[:20]))
@@ -188,8 +168,8 @@ def _flag_names(attack: AutoAttack) -> list[str]:
     return [f["flag"] for f in attack.flags]
 
 
-def test_flags_are_captured_and_do_not_leak_between_models(trained) -> None:
-    model, x, y = trained
+def test_flags_are_captured_and_do_not_leak_between_models(trained_mlp) -> None:
+    model, x, y = trained_mlp
     x, y = x[:16], y[:16]
     options = {"version": "custom", "attacks_to_run": ["apgd-ce"], "n_iter": 2, "seed": 0}
     softmax = create_attack("autoattack", eps=EPS, **options)
@@ -211,8 +191,8 @@ def test_flags_are_captured_and_do_not_leak_between_models(trained) -> None:
     assert "randomized" in _flag_names(randomized)
 
 
-def test_the_callers_tracer_survives_the_dynamic_defense_check(trained) -> None:
-    model, x, y = trained
+def test_the_callers_tracer_survives_the_dynamic_defense_check(trained_mlp) -> None:
+    model, x, y = trained_mlp
     calls = []
 
     def tracer(frame, event, arg):  # noqa: ANN001, ANN202
@@ -228,8 +208,8 @@ def test_the_callers_tracer_survives_the_dynamic_defense_check(trained) -> None:
     assert calls  # it was tracing before the attack replaced it
 
 
-def test_too_many_target_classes_are_lowered_with_a_note(trained) -> None:
-    model, x, y = trained
+def test_too_many_target_classes_are_lowered_with_a_note(trained_mlp) -> None:
+    model, x, y = trained_mlp
     five = nn.Sequential(model, nn.Linear(10, 5))  # 5 classes: at most 4 targets
     with torch.no_grad():
         y5 = five(x).argmax(1)  # its own predictions: every digit is attacked
@@ -270,15 +250,15 @@ def test_bad_options(options: dict, message: str | None) -> None:
         load_suite([{"type": "autoattack", "eps": ["8/255"], **options}], "mnist")
 
 
-def test_grad_mode_needs_a_deq(trained) -> None:
-    model, _, _ = trained
+def test_grad_mode_needs_a_deq(trained_mlp) -> None:
+    model, _, _ = trained_mlp
     with pytest.raises(AttackNotApplicable, match="DEQ layers"):
         create_attack("autoattack", grad_mode="unroll").check_model(model)
 
 
 # -- in an evaluation ----------------------------------------------------------------------------------------------
-def test_evaluate_carries_the_flags_into_the_result_and_the_checks(trained) -> None:
-    model, x, y = trained
+def test_evaluate_carries_the_flags_into_the_result_and_the_checks(trained_mlp) -> None:
+    model, x, y = trained_mlp
     spec = {"type": "autoattack", "version": "custom", "attacks_to_run": ["apgd-ce"], "n_iter": 3, "eps": [EPS]}
     result = lz.evaluate(Probabilities(model), [(x[:30], y[:30])], [spec], progress=False, dataset="mnist")
     (item,) = result["attacks"][0]["results"]
