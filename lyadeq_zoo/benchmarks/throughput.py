@@ -194,37 +194,15 @@ def models_case(dataset: str, device: torch.device, batch: int, repeat: int, gem
 
     train_t = interleaved({n: functools.partial(train_step, n) for n in models}, device, repeat)
     eval_t = interleaved({n: functools.partial(eval_step, n) for n in models}, device, repeat)
-    rows = {}
-    for name, model in models.items():
-        row: dict[str, Any] = {
-            "weights": weights[name],
-            "train_step_s": train_t[name],
-            "train_images_per_s": batch / train_t[name],
-            "eval_s": eval_t[name],
-            "eval_images_per_s": batch / eval_t[name],
-        }
-        deq_layer = getattr(model, "deq", None)
-        if deq_layer is not None:
-            eval_step(name)
-            row["eval_f_evals"] = int(deq_layer.last_info["n_f_evals"])
-            train_step(name)
-            row["train_f_evals"] = int(deq_layer.last_info["n_f_evals"])
-        # FLOPs of what was timed (eval: forward; train: forward + backward), per image.
-        row["eval_flops_per_image"] = count_flops(functools.partial(eval_step, name)) / batch
-        row["train_flops_per_image"] = count_flops(functools.partial(train_step, name)) / batch
-        row["eval_over_floor"] = ratio(eval_t[name], row["eval_flops_per_image"] * batch / gemm_flops)
-        row["train_over_floor"] = ratio(train_t[name], row["train_flops_per_image"] * batch / gemm_flops)
-        rows[name] = row
-    with torch.no_grad():
-        deq_model.eval()
-        normed = (images - deq_model.mean) / deq_model.std
-        u = deq_model.backbone(normed)
-        backbone_flops = count_flops(lambda: deq_model.backbone(normed))
-        cell_flops = count_flops(lambda: deq_model.deq.cell(u, u))
+    rows = {
+        name: _model_row(model, weights[name], train_t[name], eval_t[name], batch, gemm_flops,
+                         functools.partial(train_step, name), functools.partial(eval_step, name))
+        for name, model in models.items()
+    }
     deq, lya, orth, no_orth = (f"{v}_{dataset}" for v in ("deq", "lyadeq", "deq_orth", "lyadeq_no_orth"))
     return {
         "models": rows,
-        "flops_breakdown_per_image": {"backbone": backbone_flops / batch, "cell_per_f_eval": cell_flops / batch},
+        "flops_breakdown_per_image": _flops_breakdown(deq_model, images),
         "ratios": {
             "lyadeq_over_deq_train_step": ratio(train_t[lya], train_t[deq]),
             "lyadeq_over_deq_eval": ratio(eval_t[lya], eval_t[deq]),
@@ -235,6 +213,44 @@ def models_case(dataset: str, device: torch.device, batch: int, repeat: int, gem
             "deq_over_plain_eval": ratio(eval_t[deq], eval_t[plain_name]),
         },
     }
+
+
+def _model_row(
+    model: nn.Module, weights: str, train_s: float, eval_s: float, batch: int, gemm_flops: float,
+    train_step: Any, eval_step: Any,
+) -> dict[str, Any]:
+    """One model's measured times, solver f-evals (DEQ models), FLOPs per image and time over the floor."""
+    row: dict[str, Any] = {
+        "weights": weights,
+        "train_step_s": train_s,
+        "train_images_per_s": batch / train_s,
+        "eval_s": eval_s,
+        "eval_images_per_s": batch / eval_s,
+    }
+    deq_layer = getattr(model, "deq", None)
+    if deq_layer is not None:
+        eval_step()
+        row["eval_f_evals"] = int(deq_layer.last_info["n_f_evals"])
+        train_step()
+        row["train_f_evals"] = int(deq_layer.last_info["n_f_evals"])
+    # FLOPs of what was timed (eval: forward; train: forward + backward), per image.
+    row["eval_flops_per_image"] = count_flops(eval_step) / batch
+    row["train_flops_per_image"] = count_flops(train_step) / batch
+    row["eval_over_floor"] = ratio(eval_s, row["eval_flops_per_image"] * batch / gemm_flops)
+    row["train_over_floor"] = ratio(train_s, row["train_flops_per_image"] * batch / gemm_flops)
+    return row
+
+
+def _flops_breakdown(deq_model: nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """FLOPs per image of the backbone and of one cell evaluation (the solver's unit of work)."""
+    batch = len(images)
+    with torch.no_grad():
+        deq_model.eval()
+        normed = (images - deq_model.mean) / deq_model.std
+        u = deq_model.backbone(normed)
+        backbone_flops = count_flops(lambda: deq_model.backbone(normed))
+        cell_flops = count_flops(lambda: deq_model.deq.cell(u, u))
+    return {"backbone": backbone_flops / batch, "cell_per_f_eval": cell_flops / batch}
 
 
 def bench_models(device: torch.device, quick: bool, gemm_flops: float) -> dict[str, Any]:
