@@ -13,6 +13,11 @@ check) or a suite YAML file.
 
 Prints a Table-1-style row, a per-attack table and the gradient-masking checks; ``--json`` writes the
 full result, ``--plot`` the robustness curve. In a checkout: ``python tools/eval.py MODEL [options]``.
+
+``--out DIR`` runs the evaluation as a job (:mod:`lyadeq_zoo.evaluation.job`): per-image records are appended
+to DIR chunk by chunk, ``DIR/result.json`` is written at the end, ``--resume`` continues a killed run with the
+same final numbers, and ``torchrun --nproc_per_node N tools/eval.py ... --out DIR`` shards the chunks over
+processes (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ..config import parse_yaml
-from ..errors import ConfigError, MissingDependencyError, UnknownComponentError
+from ..errors import ConfigError, DataFormatError, MissingDependencyError, UnknownComponentError
 from ..evaluation import (
     attach_provenance,
     dataset_name,
@@ -33,9 +38,11 @@ from ..evaluation import (
     evaluation_data,
     format_table,
     list_suites,
+    load_suite,
     suites_dir,
     write_result,
 )
+from ..evaluation.job import job_identity, process_group, run_job, weights_sha256, write_job_result
 from ..model_source import RandomWeightsWarning, resolve_model
 from ..plotting import robustness_curve
 
@@ -83,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=None, help="write the result JSON here")
     parser.add_argument("--plot", type=Path, default=None, help="write the robustness curve here (.png/.pdf)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="run as a resumable job: per-image records and result.json in DIR"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the job in --out (same settings only)")
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="images per job chunk, a multiple of --batch-size (default: the batch size)",
+    )
     return parser
 
 
@@ -100,7 +117,10 @@ def resolve_loudly(spec: str, pretrained: bool | None) -> tuple[torch.nn.Module,
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.out is None and (args.resume or args.chunk_size is not None):
+        parser.error("--resume and --chunk-size need --out DIR")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -111,21 +131,30 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.model}: its config names no data set; pass --dataset mnist|cifar10|...")
         root = str(args.data_dir) if args.data_dir is not None else "sample"
         data, data_record = evaluation_data(model, dataset, split=args.split, root=root, limit=args.limit)
-        result = evaluate(
-            model,
-            data,
-            args.suite,
-            device=device,
-            seed=args.seed,
-            progress=not args.no_progress,
-            limit=args.limit,
-            dataset=dataset,
-            batch_size=args.batch_size,
-        )
-    except (ConfigError, UnknownComponentError, MissingDependencyError, FileNotFoundError, ValueError) as err:
+        if args.out is not None:
+            result = run_as_job(args, model, source, data, data_record, dataset)
+            if result is None:
+                return 0  # a rank other than 0: its chunks are recorded, rank 0 merges and reports
+        else:
+            result = evaluate(
+                model,
+                data,
+                args.suite,
+                device=device,
+                seed=args.seed,
+                progress=not args.no_progress,
+                limit=args.limit,
+                dataset=dataset,
+                batch_size=args.batch_size,
+            )
+    except (
+        ConfigError, DataFormatError, UnknownComponentError, MissingDependencyError, FileNotFoundError, ValueError
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     attach_provenance(result, model={"name": args.model, **source}, data=data_record)
+    if args.out is not None:
+        print(f"wrote {write_job_result(result, args.out)}")
     print(format_table(result, model_name=args.model))
     print(f"\n{result['n']} images, {result['timing']['total_seconds']:.1f} s on {result['device']}")
     if args.json is not None:
@@ -133,6 +162,47 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot is not None:
         print(f"wrote {robustness_curve(result, args.plot)}")
     return 0
+
+
+def run_as_job(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    source: dict,
+    data: torch.utils.data.Dataset,
+    data_record: dict,
+    dataset: str,
+) -> dict | None:
+    """The ``--out`` path: this process's place under torchrun (one process without it), the job's identity from
+    the arguments, then :func:`run_job` (None on ranks > 0)."""
+    suite = load_suite(args.suite, dataset)
+    n = len(data) if args.limit is None else min(len(data), args.limit)
+    identity = job_identity(
+        model={"name": args.model, **source},
+        weights=weights_sha256(model),
+        suite=suite,
+        data=data_record,
+        n=n,
+        seed=args.seed,
+        chunk_size=args.chunk_size or args.batch_size,
+        batch_size=args.batch_size,
+    )
+    rank, world_size, device, created = process_group(args.device)
+    try:
+        return run_job(
+            model,
+            data,
+            suite,
+            args.out,
+            identity,
+            device=device,
+            rank=rank,
+            world_size=world_size,
+            resume=args.resume,
+            progress=not args.no_progress,
+        )
+    finally:
+        if created:
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
