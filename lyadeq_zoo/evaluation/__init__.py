@@ -20,7 +20,9 @@ Masking checks (list ``checks``; each ``{"name", "passed", "level", "detail"}``,
 
 Modules: :mod:`.suites` (attack suites), :mod:`.runner` (:func:`evaluate`), :mod:`.result` (the result
 JSON), :mod:`.checks` and :mod:`.probes` (masking checks), :mod:`.report` (text tables), :mod:`.inputs`
-(the model's data set), :mod:`.results_page` (the zoo's results page; imported on its own).
+(the model's data set), :mod:`.under_attack` (solver and Lyapunov statistics at worst-case inputs),
+:mod:`.job` (``lyadeq-eval --out``: records as it goes, resume, torchrun shards), :mod:`.results_page` (the
+zoo's results page; imported on its own).
 """
 
 from .checks import masking_checks

@@ -85,43 +85,78 @@ def assemble_result(
     attacks_out = []
     by_index: dict[int, dict[str, Any]] = {}
     for run in runs:
-        spec = run["spec"]
         entry = by_index.get(run["index"])
         if entry is None:
-            entry = by_index[run["index"]] = {
-                "name": spec["name"],
-                "type": spec["type"],
-                "threat": run["attack"].threat,
-                "subset": spec["subset"],
-                "options": json_options(spec["options"]),
-                "skipped": None,
-                "results": [],
-            }
+            entry = by_index[run["index"]] = _attack_entry(run)
             attacks_out.append(entry)
-        key = eps_key(run["eps"])
-        item = {"eps": run["eps"], "eps_255": round(eps_in_255(run["eps"]), 4)}
         if run["skipped"] is not None:
             entry["skipped"] = run["skipped"]
-            item.update(accuracy=None, robust=None, attacked=0, cumulative_accuracy=None, seconds=0.0)
-            entry["results"].append(item)
-            continue
-        outcome = run["outcome"]
-        alive = cumulative.setdefault(key, clean_correct.clone())
-        alive &= outcome != 0
-        own = spec["subset"] == "all"
-        item.update(
-            accuracy=float((outcome == 1).sum()) / n if own else None,
-            robust=int((outcome == 1).sum()) if own else None,
-            attacked=int((outcome >= 0).sum() - (~clean_correct).sum()),
-            cumulative_accuracy=float(alive.sum()) / n,
-            seconds=round(run["seconds"], 4),
-        )
-        if stability is not None:  # measured for every run of the evaluation (0 for a run that attacked nothing)
-            item["solver_not_converged"] = int(run.get("solver_not_converged") or 0)
-        info = run_info(run["attack"])
-        if info:
-            item["info"] = info
-        entry["results"].append(item)
+        entry["results"].append(_run_item(run, clean_correct, cumulative, measured_stability=stability is not None))
+    return {
+        "format": RESULT_FORMAT,
+        "suite": suite["name"],
+        "dataset": dataset,
+        "n": n,
+        "seed": seed,
+        "device": str(device),
+        "clean": {"accuracy": float(clean_correct.sum()) / n, "correct": int(clean_correct.sum()), "n": n},
+        "eps": sorted({eps_key(r["eps"]) for r in runs}),
+        "attacks": attacks_out,
+        "worst_case": _worst_case(runs, robust, n, stability),
+        "checks": [],
+        "notes": [*NOTES, *([STABILITY_NOTE] if stability is not None else [])],
+    }
+
+
+def _attack_entry(run: AttackRun) -> dict[str, Any]:
+    """The result's entry of one suite attack, before its per-eps results are appended."""
+    spec = run["spec"]
+    return {
+        "name": spec["name"],
+        "type": spec["type"],
+        "threat": run["attack"].threat,
+        "subset": spec["subset"],
+        "options": json_options(spec["options"]),
+        "skipped": None,
+        "results": [],
+    }
+
+
+def _run_item(
+    run: AttackRun, clean_correct: torch.Tensor, cumulative: dict[float, torch.Tensor], *, measured_stability: bool
+) -> dict[str, Any]:
+    """One attack's numbers at one eps; ``cumulative`` (eps key -> (n,) bool, robust so far) is updated."""
+    n = clean_correct.numel()
+    item: dict[str, Any] = {"eps": run["eps"], "eps_255": round(eps_in_255(run["eps"]), 4)}
+    if run["skipped"] is not None:
+        item.update(accuracy=None, robust=None, attacked=0, cumulative_accuracy=None, seconds=0.0)
+        return item
+    outcome = run["outcome"]
+    alive = cumulative.setdefault(eps_key(run["eps"]), clean_correct.clone())
+    alive &= outcome != 0
+    own = run["spec"]["subset"] == "all"
+    item.update(
+        accuracy=float((outcome == 1).sum()) / n if own else None,
+        robust=int((outcome == 1).sum()) if own else None,
+        attacked=int((outcome >= 0).sum() - (~clean_correct).sum()),
+        cumulative_accuracy=float(alive.sum()) / n,
+        seconds=round(run["seconds"], 4),
+    )
+    if measured_stability:  # measured for every run of the evaluation (0 for a run that attacked nothing)
+        item["solver_not_converged"] = int(run.get("solver_not_converged") or 0)
+    info = run_info(run["attack"])
+    if info:
+        item["info"] = info
+    return item
+
+
+def _worst_case(
+    runs: list[AttackRun],
+    robust: Mapping[float, torch.Tensor],
+    n: int,
+    stability: Mapping[float, WorstCaseStability] | None,
+) -> list[dict[str, Any]]:
+    """Per eps that some attack ran at: the images robust to every attack there, and the solver statistics."""
     worst = []
     for key in sorted(robust):
         names = [r["spec"]["name"] for r in runs if r["skipped"] is None and eps_key(r["eps"]) == key]
@@ -137,20 +172,7 @@ def assemble_result(
                 **(stability[key].summary() if stability is not None and key in stability else {}),
             }
         )
-    return {
-        "format": RESULT_FORMAT,
-        "suite": suite["name"],
-        "dataset": dataset,
-        "n": n,
-        "seed": seed,
-        "device": str(device),
-        "clean": {"accuracy": float(clean_correct.sum()) / n, "correct": int(clean_correct.sum()), "n": n},
-        "eps": sorted({eps_key(r["eps"]) for r in runs}),
-        "attacks": attacks_out,
-        "worst_case": worst,
-        "checks": [],
-        "notes": [*NOTES, *([STABILITY_NOTE] if stability is not None else [])],
-    }
+    return worst
 
 
 def run_info(attack: Attack) -> dict[str, Any]:

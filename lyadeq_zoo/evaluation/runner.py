@@ -58,10 +58,7 @@ def evaluate(
     start = time.perf_counter()
     dataset = dataset or dataset_name(model)
     suite = load_suite(attacks, dataset)
-    if device is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = _device_for(model, device)
     model.to(device)
     was_training = model.training
     model.eval()
@@ -72,26 +69,34 @@ def evaluate(
             batches = collect_batches(model, loader, limit, batch_size)
             tally = run_attacks(model, batches, suite, device, seed, progress)
             result = assemble_result(
-                suite,
-                tally.runs,
-                tally.clean_correct,
-                tally.robust,
-                seed=seed,
-                device=device,
-                dataset=dataset,
-                stability=tally.stability,
+                suite, tally.runs, tally.clean_correct, tally.robust,
+                seed=seed, device=device, dataset=dataset, stability=tally.stability,
             )
             if checks:
                 result["checks"] = masking_checks(model, batches[0], tally.runs, tally.clean_correct, suite, device)
-            result["timing"] = {
-                "total_seconds": round(time.perf_counter() - start, 3),
-                "clean_seconds": round(tally.clean_seconds, 4),
-            }
-            if tally.stability is not None:
-                result["timing"]["stability_seconds"] = round(tally.stability_seconds, 4)
+            result["timing"] = _timing(tally, start)
             return result
     finally:
         model.train(was_training)
+
+
+def _device_for(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """``device``, or where the model's parameters are (CPU for a model without parameters)."""
+    if device is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    return torch.device(device)
+
+
+def _timing(tally: Tally, start: float) -> dict[str, float]:
+    """The result's ``timing``: total, clean pass and (when measured) solver statistics, in seconds."""
+    timing = {
+        "total_seconds": round(time.perf_counter() - start, 3),
+        "clean_seconds": round(tally.clean_seconds, 4),
+    }
+    if tally.stability is not None:
+        timing["stability_seconds"] = round(tally.stability_seconds, 4)
+    return timing
 
 
 def collect_batches(
