@@ -235,6 +235,9 @@ def _attack_table(att: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+GPU_FLOOR_PAGE = "gpu-floor.md"
+
+
 def write_readme(directory: Path) -> Path:
     """Regenerate ``benchmarks/README.md`` from every full (non-quick) result JSON in ``directory``."""
     parts = [
@@ -246,6 +249,8 @@ def write_readme(directory: Path) -> Path:
         "`python tools/benchmark.py --device cuda`.",
         "",
     ]
+    if (directory / GPU_FLOOR_PAGE).is_file():  # hand-written: the GPU floor and targets, until a device measures them
+        parts += [f"GPU floor and targets (computed, not measured): [{GPU_FLOOR_PAGE}]({GPU_FLOOR_PAGE}).", ""]
     for path in sorted(directory.glob("results-*.json")):
         result = json.loads(path.read_text())
         if result.get("format") != FORMAT or result.get("quick"):
