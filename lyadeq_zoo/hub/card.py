@@ -33,6 +33,7 @@ CARD_TAGS = (
     "safetensors",
     LIBRARY_NAME,
 )
+DEQ_TAGS = ("deep-equilibrium-model", "lyapunov-stability")  # left off the cards of baselines without a DEQ
 
 # Hub data set ids of the data sets the zoo trains on (the short legacy names redirect on the Hub).
 HUB_DATASETS = {"mnist": "mnist", "cifar10": "cifar10", "cifar100": "cifar100", "svhn": "svhn"}
@@ -143,7 +144,7 @@ def model_card(info: Mapping[str, Any]) -> str:
     meta = config.get("meta") or {}
     rows = metric_rows(info.get("metrics") or {})
     lines = [
-        *metadata_header(name, dataset, rows),
+        *metadata_header(name, dataset, rows, baseline=bool(meta.get("baseline"))),
         *intro_section(name, meta),
         *usage_section(info.get("input") or {}),
         *results_section(rows, info.get("metrics") or {}, dataset, meta),
@@ -153,8 +154,11 @@ def model_card(info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def metadata_header(name: str, dataset: str | None, rows: Mapping[str, float]) -> list[str]:
-    """The YAML front matter the Hub reads: license, library, tags, data set and a ``model-index``."""
+def metadata_header(
+    name: str, dataset: str | None, rows: Mapping[str, float], *, baseline: bool = False
+) -> list[str]:
+    """The YAML front matter the Hub reads: license, library, tags, data set and a ``model-index``; a ``baseline``
+    (no DEQ) is not tagged as a deep equilibrium or Lyapunov-stable model."""
     from huggingface_hub import EvalResult, ModelCardData
 
     eval_results = None
@@ -175,13 +179,25 @@ def metadata_header(name: str, dataset: str | None, rows: Mapping[str, float]) -
     card_data = ModelCardData(
         license=LICENSE,
         library_name=LIBRARY_NAME,
-        tags=list(CARD_TAGS),
+        tags=[tag for tag in CARD_TAGS if not (baseline and tag in DEQ_TAGS)],
         datasets=[HUB_DATASETS.get(dataset, dataset)] if dataset else None,
         metrics=["accuracy"] if rows else None,
         model_name=name if eval_results else None,
         eval_results=eval_results,
     )
     return ["---", card_data.to_yaml(), "---", ""]
+
+
+PAPER_NOTE = (
+    "Lyapunov-stable deep equilibrium models (LyaDEQ) follow Chu et al., *Lyapunov-Stable Deep Equilibrium Models*, "
+    "AAAI 2024 ([arXiv:2304.12707](https://arxiv.org/abs/2304.12707))."
+)
+BASELINE_NOTE = (
+    "This is a zoo baseline, not a deep equilibrium model: it has no fixed-point solve and no Lyapunov module, and "
+    "is trained with the same recipe as the zoo's DEQ and LyaDEQ models (Chu et al., *Lyapunov-Stable Deep "
+    "Equilibrium Models*, AAAI 2024, [arXiv:2304.12707](https://arxiv.org/abs/2304.12707)) to show what the "
+    "equilibrium adds."
+)
 
 
 def intro_section(name: str, meta: Mapping[str, Any]) -> list[str]:
@@ -192,8 +208,7 @@ def intro_section(name: str, meta: Mapping[str, Any]) -> list[str]:
         "",
         str(description),
         "",
-        "Lyapunov-stable deep equilibrium models (LyaDEQ) follow Chu et al., *Lyapunov-Stable Deep Equilibrium "
-        "Models*, AAAI 2024 ([arXiv:2304.12707](https://arxiv.org/abs/2304.12707)).",
+        BASELINE_NOTE if meta.get("baseline") else PAPER_NOTE,
         "",
     ]
 
