@@ -28,18 +28,9 @@ N = 100
 
 
 @pytest.fixture(scope="module")
-def honest() -> nn.Module:
-    torch.manual_seed(0)
-    x, y = lz.get_component("dataset", "mnist")(split="train", root="sample").tensors()
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(300):
-        idx = torch.randint(0, len(x), (64,))
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+def honest(trained_mlp: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> nn.Module:
+    """An honestly evaluable model: conftest's MLP trained on the shipped MNIST sample."""
+    return trained_mlp[0]
 
 
 @pytest.fixture(scope="module")
