@@ -23,7 +23,7 @@ from torch import nn
 
 from ..registry import register
 from .base import Attack, track_best
-from .gradients import gradient_mode, input_gradient
+from .gradients import gradient_mode, input_gradient, input_gradient_rows
 from .threat_model import project, uniform_start
 
 
@@ -42,7 +42,9 @@ class APGD(Attack):
     """APGD (Croce & Hein 2020) with the ``ce`` or ``dlr`` loss (``cw`` also accepted).
 
     Options: ``eps``, ``steps`` (iterations, default 100), ``restarts``, ``loss``, ``rho`` (checkpoint
-    threshold, 0.75), ``momentum`` (0.75), ``random_start`` (True), ``grad_mode``, ``seed``.
+    threshold, 0.75), ``momentum`` (0.75), ``random_start`` (True), ``grad_mode``, ``early_stop`` (True: the
+    model runs only on samples not misclassified yet, whose result cannot change any more; every step-size
+    decision is per sample, so the result is the same), ``seed``.
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class APGD(Attack):
         momentum: float = 0.75,
         random_start: bool = True,
         grad_mode: str | dict[str, Any] | None = None,
+        early_stop: bool = True,
         seed: int | None = None,
     ) -> None:
         super().__init__(eps=eps, restarts=restarts, loss=loss, grad_mode=grad_mode, seed=seed)
@@ -64,6 +67,7 @@ class APGD(Attack):
         self.rho = float(rho)
         self.momentum = float(momentum)
         self.random_start = bool(random_start)
+        self.early_stop = bool(early_stop)
 
     def run_once(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None, restart: int
@@ -88,12 +92,18 @@ class APGD(Attack):
             eta_at_last = eta.clone()
             f_max_at_last = f_max.clone()
             prev_loss = loss
+            early = keep_found and self.early_stop
             for k in range(self.steps):
+                if early and bool(found.all()):
+                    break  # every sample has its misclassified point: nothing left can change the result
                 z = project(x_cur + eta.view(view) * grad.sign(), x, self.eps)
                 a = 1.0 if k == 0 else self.momentum
                 x_next = project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - x_prev), x, self.eps)
                 x_prev, x_cur = x_cur, x_next
-                grad, loss, logits = input_gradient(model, x_cur, y, self.loss)
+                if early:
+                    grad, loss, logits = input_gradient_rows(model, x_cur, y, self.loss, ~found)
+                else:
+                    grad, loss, logits = input_gradient(model, x_cur, y, self.loss)
                 if keep_found:
                     track_best(found_x, found_loss, found, x_cur, loss, logits, y)
                 increases += (loss > prev_loss).float()

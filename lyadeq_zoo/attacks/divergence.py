@@ -117,6 +117,7 @@ class Divergence(IterativeSignAttack):
             restarts=restarts,
             grad_mode=grad_mode,
             track_best=True,
+            early_stop=False,  # this attack keeps its own candidates (Candidates), not the first fooled iterate
             seed=seed,
         )
         if residual_at is not None and int(residual_at) < 1:

@@ -78,6 +78,32 @@ def input_gradient(
     return grad.detach(), per_sample.detach(), logits.detach()
 
 
+def input_gradient_rows(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, active: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`input_gradient` computed on the rows of ``x`` where ``active`` ((N,) bool) holds, scattered back.
+
+    Rows outside ``active`` get a zero gradient (a sign step leaves them where they are), loss ``-inf`` and zero
+    logits; callers that stop on samples already fooled never read them. The model sees the active rows only,
+    which is what saves the time; each row's result is what it gets in the full batch wherever the model treats
+    samples independently (eval-mode BatchNorm, per-sample solver stopping). Logits are None when no row is
+    active.
+    """
+    rows = active.nonzero().squeeze(1)
+    if rows.numel() == x.shape[0]:
+        return input_gradient(model, x, y, loss)
+    grad = torch.zeros_like(x)
+    per_sample = torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
+    if rows.numel() == 0:
+        return grad, per_sample, None
+    grad_rows, loss_rows, logits_rows = input_gradient(model, x[rows], y[rows], loss)
+    grad[rows] = grad_rows
+    per_sample[rows] = loss_rows.to(per_sample.dtype)
+    logits = logits_rows.new_zeros((x.shape[0], logits_rows.shape[1]))
+    logits[rows] = logits_rows
+    return grad, per_sample, logits
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Predicted labels (N,) of ``model`` on ``x`` without building a graph."""
