@@ -43,7 +43,7 @@ def test_quick_run_writes_every_section(quick: tuple[dict, Path]) -> None:
     assert result["command"] == f"lyadeq-benchmark --quick --json {os.path.relpath(path)}"  # no absolute paths
     assert result["machine"].startswith("cpu-") and result["machine"].endswith("core")
     assert _positive(result["gemm"]["flops_per_s"])
-    for section in ("solvers", "model", "memory", "attacks", "targets"):
+    for section in ("solvers", "model", "memory", "attacks", "suite_speed", "targets"):
         assert section in result, section
     assert path.with_suffix(".png").stat().st_size > 0
 
@@ -94,9 +94,22 @@ def test_model_memory_attack_sections(quick: tuple[dict, Path]) -> None:
 
 
 @pytest.mark.slow
+def test_suite_speed_section_compares_with_the_previous_implementation(quick: tuple[dict, Path]) -> None:
+    speed = quick[0]["suite_speed"]
+    assert speed["suite"] == "paper" and speed["n"] == 4  # --quick: the paper suite on 4 images
+    assert _positive(speed["previous_seconds"]) and _positive(speed["seconds"]) and _positive(speed["speedup"])
+    assert speed["run_outcomes_compared"] == 4 * 8  # 2 attacks x 4 eps x 4 images
+    assert speed["run_outcomes_differ"] == 0 and set(speed["worst_case_differ"].values()) == {0}
+    assert set(speed["per_attack_seconds"]) == {"I-FGSM", "PGD"}
+    # the strong_cpu target is judged on a strong_cpu run only
+    assert quick[0]["targets"]["strong_cpu_suite_ge_3x_previous_same_outcomes"]["met"] is None
+
+
+@pytest.mark.slow
 def test_markdown_table_from_result(quick: tuple[dict, Path]) -> None:
     text = markdown(quick[0])
     assert "| anderson |" in text and "**Targets**" in text and "Backward memory" in text
+    assert "**Suite speed**" in text and "| **whole suite** |" in text
 
 
 def test_missing_torchdeq_is_reported_and_only_that_comparison_skipped(monkeypatch: pytest.MonkeyPatch) -> None:

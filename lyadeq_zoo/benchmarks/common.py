@@ -19,7 +19,7 @@ import lyadeq_zoo as lz
 FORMAT = "lyadeq-zoo-bench/1"
 # The checkout's top-level benchmarks/ folder (results, PNGs, README.md); absent in an installed wheel.
 CHECKOUT_RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-SECTIONS = ("solvers", "model", "memory", "attacks")
+SECTIONS = ("solvers", "model", "memory", "attacks", "suite_speed")
 
 
 def in_checkout() -> bool:

@@ -120,10 +120,16 @@ def markdown(result: Mapping[str, Any]) -> str:
         f"Measured {result['date']}; command: `{result['command']}`; {result['seconds']:.0f} s.",
         "",
     ]
-    lines += _solver_table(result["solvers"])
-    lines += _model_table(result["model"], result["gemm"])
-    lines += _memory_table(result["memory"])
-    lines += _attack_table(result["attacks"])
+    if "solvers" in result:
+        lines += _solver_table(result["solvers"])
+    if "model" in result:
+        lines += _model_table(result["model"], result["gemm"])
+    if "memory" in result:
+        lines += _memory_table(result["memory"])
+    if "attacks" in result:
+        lines += _attack_table(result["attacks"])
+    if "suite_speed" in result:
+        lines += _suite_speed_table(result["suite_speed"])
     lines += ["", "**Targets**", ""]
     for name, t in result["targets"].items():
         lines.append(
@@ -235,6 +241,32 @@ def _attack_table(att: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _suite_speed_table(speed: Mapping[str, Any]) -> list[str]:
+    """Lines of the suite-speed table: seconds per attack before and now, the total, the outcome agreement."""
+    lines = [
+        "",
+        f"**Suite speed** (`{speed['suite']}` on {speed['n']} CIFAR-10 images, {speed['model']} "
+        f"({speed['weights']}), one batch; {speed['clean_correct']} clean-correct): previous implementation "
+        "(`early_stop: false`) vs now, same images and seed",
+        "",
+        "| attack | previous (s) | now (s) | speed-up |",
+        "|---|---|---|---|",
+    ]
+    for name, (before, now) in speed["per_attack_seconds"].items():
+        lines.append(f"| {name} | {before:.1f} | {now:.1f} | {_fmt(before / now if now else None, '.2f')}x |")
+    lines.append(
+        f"| **whole suite** | {speed['previous_seconds']:.1f} | {speed['seconds']:.1f} | "
+        f"**{speed['speedup']:.2f}x** ({speed['previous_images_per_s']:.3f} -> {speed['images_per_s']:.3f} "
+        "images/s) |"
+    )
+    lines += [
+        "",
+        f"Per-image outcomes that differ: {speed['run_outcomes_differ']} of {speed['run_outcomes_compared']} "
+        f"(attack, eps, image) outcomes; worst case per eps: {speed['worst_case_differ']}.",
+    ]
+    return lines
+
+
 GPU_FLOOR_PAGE = "gpu-floor.md"
 
 
@@ -255,7 +287,10 @@ def write_readme(directory: Path) -> Path:
         result = json.loads(path.read_text())
         if result.get("format") != FORMAT or result.get("quick"):
             continue
-        parts += [markdown(result), f"![{path.stem}]({path.with_suffix('.png').name})", ""]
+        parts += [markdown(result)]
+        if path.with_suffix(".png").is_file():
+            parts += [f"![{path.stem}]({path.with_suffix('.png').name})"]
+        parts += [""]
     out = directory / "README.md"
     out.write_text("\n".join(parts))
     return out

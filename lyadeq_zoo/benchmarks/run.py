@@ -15,6 +15,7 @@ from .attacks import bench_attacks
 from .common import FORMAT, SECTIONS, machine_name
 from .memory import bench_memory
 from .solvers import bench_solvers
+from .suite_speed import bench_suite_speed
 from .targets import judge_targets
 from .throughput import bench_gemm, bench_models
 
@@ -56,6 +57,8 @@ def run_benchmark(
         result["memory"] = bench_memory(device, quick, threads)
     if "attacks" in sections:
         result["attacks"] = bench_attacks(device, quick)
+    if "suite_speed" in sections:
+        result["suite_speed"] = bench_suite_speed(device, quick)
     result["targets"] = judge_targets(result)
     result["seconds"] = time.perf_counter() - start
     return result

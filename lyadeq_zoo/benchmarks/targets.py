@@ -8,6 +8,7 @@ from typing import Any
 TARGET_ANDERSON_RATIO = 0.8  # our Anderson's wall time to tolerance over torchdeq's, batch 128
 TARGET_MEMORY_RATIO = 5.0  # unroll over ift peak memory of the DEQ layer at the most iterations
 TARGET_LYADEQ_RATIO = 1.3  # LyaDEQ over DEQ train-step time
+TARGET_SUITE_SPEEDUP = 3.0  # strong_cpu suite images/s over the previous implementation, same outcomes
 
 
 def judge_targets(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,5 +60,12 @@ def judge_targets(result: Mapping[str, Any]) -> dict[str, Any]:
     targets["lyadeq_train_step_le_1.3x_deq"] = {
         "met": all(r <= TARGET_LYADEQ_RATIO for r in lrows.values()) if lrows else None,
         "detail": lrows,
+    }
+    speed = result.get("suite_speed")
+    targets["strong_cpu_suite_ge_3x_previous_same_outcomes"] = {
+        "met": None
+        if not speed or speed.get("suite") != "strong_cpu"
+        else speed["speedup"] >= TARGET_SUITE_SPEEDUP and speed["run_outcomes_differ"] == 0,
+        "detail": {k: speed[k] for k in ("suite", "n", "speedup", "run_outcomes_differ")} if speed else {},
     }
     return targets

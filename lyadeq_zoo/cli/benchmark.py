@@ -15,6 +15,9 @@ and how:
 * ``memory``: peak memory of a forward + backward pass with ``ift`` vs ``unroll`` backward as the forward
   solver is forced to run 10 / 30 / 100 iterations (:mod:`lyadeq_zoo.benchmarks.memory`).
 * ``attacks``: images/s of PGD-10 and of a whole attack suite (:mod:`lyadeq_zoo.benchmarks.attacks`).
+* ``suite_speed``: the ``strong_cpu`` suite's images/s against the previous implementation (every attack with
+  ``early_stop: false``) in the same run, and how many per-image outcomes differ
+  (:mod:`lyadeq_zoo.benchmarks.suite_speed`).
 * ``targets``: the project's performance targets, each with the numbers it was judged on
   (:mod:`lyadeq_zoo.benchmarks.targets`).
 
@@ -52,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument(
         "--sections",
-        default="solvers,model,memory,attacks",
-        help="comma-separated subset of solvers,model,memory,attacks (default: all)",
+        default=",".join(common.SECTIONS),
+        help=f"comma-separated subset of {','.join(common.SECTIONS)} (default: all)",
     )
     return parser
 
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - set(common.SECTIONS)
     if unknown:
-        raise SystemExit(f"unknown --sections {sorted(unknown)}; choose from solvers, model, memory, attacks")
+        raise SystemExit(f"unknown --sections {sorted(unknown)}; choose from {', '.join(common.SECTIONS)}")
     result = run.run_benchmark(device, args.quick, args.threads, sections, command_line("lyadeq-benchmark", argv))
     path = args.json or common.results_dir() / f"results-{result['machine']}{'-quick' if args.quick else ''}.json"
     print(f"[benchmark] wrote {report.write_result(result, path)}", file=sys.stderr)

@@ -34,7 +34,8 @@ from .under_attack import STABILITY_NOTE, WorstCaseStability
 
 RESULT_FORMAT = "lyadeq-zoo-eval/1"
 RESULT_FORMAT_PREFIX = "lyadeq-zoo-eval/"  # any version of the format
-RESULT_SLOTS = ("paper", "strong", "curve")  # suites a model card stores, the first present one at the top
+# suites a model card stores, the first present one at the top
+RESULT_SLOTS = ("paper", "strong", "curve", "autoattack")
 NOTES = [
     "Every accuracy divides by n (all evaluated samples); clean-misclassified samples count as "
     "non-robust and are not attacked.",

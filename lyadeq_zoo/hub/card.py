@@ -260,9 +260,28 @@ def results_section(
                 )
     else:
         lines.append("No metrics were measured for this checkpoint.")
+    lines += robustbench_lines(metrics.get("robustbench"))
     if meta.get("paper_table1"):
         lines += ["", f"The paper reports (Table 1, accuracy %): `{json.dumps(meta['paper_table1'])}`."]
     return [*lines, ""]
+
+
+def robustbench_lines(fields: Mapping[str, Any] | None) -> list[str]:
+    """The RobustBench-style fields of ``metrics["robustbench"]`` as one table (none when absent)."""
+    if not isinstance(fields, Mapping):
+        return []
+    keys = ("clean_acc", "autoattack_acc", "worst_case_acc", "unreliable", "additional_data", "number_forward_passes",
+            "solver", "max_iter", "tol", "attack_grad_modes")
+    shown = [k for k in keys if k in fields]
+    return [
+        "",
+        f"RobustBench-style fields (threat model {fields.get('threat_model')}, eps {fields.get('eps')}; accuracies in "
+        "%; `unreliable`: the worst case over every attack lies below AutoAttack's own accuracy on the same images):",
+        "",
+        "| " + " | ".join(shown) + " |",
+        "|" + "---|" * len(shown),
+        "| " + " | ".join("n/a" if fields[k] is None else str(fields[k]) for k in shown) + " |",
+    ]
 
 
 def _stability_cell(value: float | None) -> str:

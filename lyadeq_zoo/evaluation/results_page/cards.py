@@ -28,13 +28,19 @@ from ...hub import (
     set_entry,
 )
 from ..result import merge_results
+from ..robustbench import robustbench_fields
 from .entries import ModelEntry, weights_status
 
 
 def card_metrics(entry: ModelEntry) -> dict[str, Any]:
     """The metrics to store in a shipped model's config.json (see :func:`lyadeq_zoo.evaluation.result.
-    merge_results`): the results by slot, with the card's training metrics kept under ``training``."""
-    return merge_results(entry.results, (entry.card or {}).get("metrics"))
+    merge_results`): the results by slot, with the card's training metrics kept under ``training``, and the
+    RobustBench-style fields (:mod:`lyadeq_zoo.evaluation.robustbench`) under ``robustbench``."""
+    card = entry.card or {}
+    metrics = merge_results(entry.results, card.get("metrics"))
+    dataset = card.get("dataset") or entry.dataset
+    metrics["robustbench"] = robustbench_fields(entry.results, card.get("config") or {}, dataset)
+    return metrics
 
 
 def update_card(entry: ModelEntry) -> str:

@@ -18,7 +18,9 @@ from ...hub import CONFIG_NAME, LOCAL_PREFIX, WEIGHTS_NAME, read_checkpoint_conf
 from ..result import read_result
 
 # suite slot -> file suffixes tried, in order (RUNS/<name>_<suffix>.json)
-SUITE_FILES: dict[str, tuple[str, ...]] = {"paper": ("paper",), "strong": ("strong", "strong_cpu"), "curve": ("curve",)}
+SUITE_FILES: dict[str, tuple[str, ...]] = {
+    "paper": ("paper",), "strong": ("strong", "strong_cpu"), "curve": ("curve",), "autoattack": ("autoattack",)
+}
 DATASET_ORDER = ("mnist", "cifar10", "svhn", "cifar100")
 # The baseline without a DEQ (plain) first, then the paper's Table 1 rows; the adversarially trained models last,
 # their own baseline first.

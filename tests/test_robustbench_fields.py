@@ -1,0 +1,65 @@
+"""RobustBench's field names on the model cards (:mod:`lyadeq_zoo.evaluation.robustbench`), from real
+``lz.evaluate`` results that ran the official AutoAttack (standard; the ``[autoattack]`` extra, which README's
+test command installs) beside our own attacks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import lyadeq_zoo as lz
+from lyadeq_zoo.evaluation.robustbench import robustbench_fields
+from lyadeq_zoo.hub.card import robustbench_lines
+
+SUITE = [
+    {"name": "PGD", "type": "pgd", "steps": 10, "eps": [0.1, 0.3]},
+    {"name": "PGD-unrolled", "type": "pgd", "steps": 10, "grad_mode": "unroll", "eps": [0.3]},
+    {"name": "AutoAttack", "type": "autoattack", "version": "standard", "eps": [0.3]},
+]
+
+
+@pytest.fixture(scope="module")
+def strong_result(trained_mlp) -> dict:
+    model, x, y = trained_mlp
+    data = torch.utils.data.TensorDataset(x[:24], y[:24])
+    return lz.evaluate(model, data, SUITE, progress=False, dataset="mnist", checks=False)
+
+
+def test_fields_of_a_plain_model(strong_result: dict) -> None:
+    config = lz.zoo_config("plain_mnist")
+    fields = robustbench_fields({"strong": strong_result}, config, "mnist")
+    assert fields["eps"] == 0.3 and fields["threat_model"] == "Linf"
+    assert fields["clean_acc"] == round(100 * strong_result["clean"]["accuracy"], 2) and fields["clean_n"] == 24
+    (aa,) = [a for a in strong_result["attacks"] if a["name"] == "AutoAttack"]
+    assert fields["autoattack_acc"] == round(100 * aa["results"][0]["accuracy"], 2) and fields["autoattack_n"] == 24
+    assert fields["additional_data"] is False and fields["number_forward_passes"] == 1
+    # the unrolled-gradient attack is skipped on a model without a DEQ; the rest used the model's own gradient
+    assert fields["solver"] is None and fields["attack_grad_modes"] is None
+    worst = strong_result["worst_case"][-1]["accuracy"]
+    assert fields["worst_case_acc"] == round(100 * worst, 2)
+    assert fields["unreliable"] is (worst < aa["results"][0]["accuracy"] - max(0.02, 3 / 24))
+
+
+def test_unreliable_when_the_worst_case_lies_below_autoattack(strong_result: dict) -> None:
+    # The same result with AutoAttack's own accuracy raised above the worst case by more than the tolerance
+    # (as when an adaptive attack breaks what AutoAttack could not): flagged.
+    edited = copy.deepcopy(strong_result)
+    (aa,) = [a for a in edited["attacks"] if a["name"] == "AutoAttack"]
+    aa["results"][0]["accuracy"] = edited["worst_case"][-1]["accuracy"] + 0.2
+    assert robustbench_fields({"strong": edited}, {}, "mnist")["unreliable"] is True
+    # without a strong result there is nothing to compare: unknown, not "reliable"
+    fields = robustbench_fields({"paper": strong_result}, {}, "mnist")
+    assert fields["unreliable"] is None and fields["autoattack_acc"] is None
+
+
+def test_deq_fields_and_card_lines(strong_result: dict) -> None:
+    config = lz.zoo_config("lyadeq_mnist")
+    fields = robustbench_fields({"strong": strong_result}, config, "mnist")
+    solver = config["model"]["solver"]
+    assert (fields["solver"], fields["max_iter"], fields["tol"]) == (solver["type"], solver["max_iter"], solver["tol"])
+    assert fields["attack_grad_modes"] == ["model"]  # the unroll run was skipped (not a DEQ), so it does not count
+    lines = robustbench_lines(fields)
+    assert lines[3].startswith("| clean_acc | autoattack_acc |") and str(fields["clean_acc"]) in lines[5]
+    assert robustbench_lines(None) == []
