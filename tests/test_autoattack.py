@@ -277,7 +277,7 @@ def test_evaluate_carries_the_flags_into_the_result_and_the_checks(trained_mlp) 
 def test_the_autoattack_suite_and_the_strong_suites() -> None:
     suite = load_suite("autoattack", "mnist")
     assert [(a["type"], a["options"].get("grad_mode"), a["subset"]) for a in suite["attacks"]] == [
-        ("autoattack", "ift", "all"),
+        ("autoattack", None, "all"),  # the model's own gradient: IFT for the zoo's DEQs, and runs on baselines
         ("autoattack", "unroll", "remaining"),
     ]
     for attack in suite["attacks"]:
@@ -287,6 +287,9 @@ def test_the_autoattack_suite_and_the_strong_suites() -> None:
     strong = load_suite("strong", "mnist")["attacks"]
     (full,) = [a for a in strong if a["type"] == "autoattack"]
     assert full["options"] == {"version": "standard"} and full["subset"] == "all"
+    at_8 = load_suite("autoattack_8", "cifar10")["attacks"]  # RobustBench's CIFAR-10 eps only
+    assert [(a["name"], a["eps"]) for a in at_8] == [("AutoAttack", [8 / 255]), ("AutoAttack-unrolled", [8 / 255])]
+    assert [a["options"] for a in at_8] == [a["options"] for a in suite["attacks"]]
     cpu = [a for a in load_suite("strong_cpu", "mnist")["attacks"] if a["type"] == "autoattack"]
     assert len(cpu) == 1 and cpu[0]["subset"] == "remaining" and cpu[0]["options"]["n_queries"] == 1000
 

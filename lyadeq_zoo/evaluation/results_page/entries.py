@@ -19,7 +19,10 @@ from ..result import read_result
 
 # suite slot -> file suffixes tried, in order (RUNS/<name>_<suffix>.json)
 SUITE_FILES: dict[str, tuple[str, ...]] = {
-    "paper": ("paper",), "strong": ("strong", "strong_cpu"), "curve": ("curve",), "autoattack": ("autoattack",)
+    "paper": ("paper",),
+    "strong": ("strong", "strong_cpu"),
+    "curve": ("curve",),
+    "autoattack": ("autoattack", "autoattack_8"),
 }
 DATASET_ORDER = ("mnist", "cifar10", "svhn", "cifar100")
 # The baseline without a DEQ (plain) first, then the paper's Table 1 rows; the adversarially trained models last,
