@@ -187,6 +187,12 @@ def test_update_cards_keeps_weights_and_writes_metrics(tmp_path: Path, results: 
     pgd8 = next(i for a in results["paper"]["attacks"] if a["name"] == "PGD" for i in a["results"] if i["eps_255"] == 8)
     assert f"| PGD @ eps 8/255 (%) | {100 * pgd8['accuracy']:.4g} |" in card
     assert "worst case, strong_cpu suite (n=50) @ eps 8/255 (%)" in card
+    # RobustBench's field names, from the paper result (clean) and the DEQ's config (these results ran no AutoAttack)
+    bench = metrics["robustbench"]
+    assert bench["clean_acc"] == round(100 * results["paper"]["clean"]["accuracy"], 2)
+    assert bench["autoattack_acc"] is None and bench["unreliable"] is None and bench["eps"] == 0.3
+    assert bench["solver"] == old_info["config"]["model"]["solver"]["type"]
+    assert "RobustBench-style fields" in card and f"| {bench['clean_acc']} | n/a |" in card
 
     # Still a valid, verified pretrained checkpoint; a second run gives the same files; the real one is untouched.
     assert lz.create_model("lyadeq_mnist", pretrained=True) is not None
