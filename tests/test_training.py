@@ -76,6 +76,11 @@ def test_short_run_learns_and_writes_outputs(tmp_path: Path) -> None:
     assert _same_weights(reloaded, result.model)
     card = (tmp_path / "final" / "README.md").read_text()
     assert "python tools/train.py test" in card
+    # where and how long it trained: summed epoch times, device, threads, the speed options
+    run = json.loads((tmp_path / "final" / "config.json").read_text())["training_run"]
+    assert run["wall_seconds"] == pytest.approx(sum(r["epoch_seconds"] for r in epochs), abs=0.2)
+    assert (run["device"], run["threads"], run["amp"], run["resumed"]) == ("cpu", torch.get_num_threads(), False, False)
+    assert f"Trained on cpu, {run['threads']} thread" in card and "amp (bf16 backbone) off" in card
 
 
 def test_checkpoint_layout_is_pickle_free(tmp_path: Path) -> None:

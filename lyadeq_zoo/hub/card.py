@@ -297,6 +297,7 @@ def training_section(info: Mapping[str, Any], config: Mapping[str, Any], meta: M
     epochs = info.get("epochs")
     if epochs is not None:
         lines += [_schedule_line(epochs, meta.get("paper_epochs")), ""]
+    lines += training_run_lines(info.get("training_run"))
     if info.get("train_command"):
         lines += ["Command:", "", "```bash", str(info["train_command"]), "```", ""]
     return [
@@ -310,6 +311,26 @@ def training_section(info: Mapping[str, Any], config: Mapping[str, Any], meta: M
         f"Saved with lyadeq-zoo {info.get('zoo_version')} (checkpoint format {info.get('format_version')}).",
         "",
     ]
+
+
+def training_run_lines(run: Mapping[str, Any] | None) -> list[str]:
+    """Where and how long the training ran (``info["training_run"]``), one line; none when unknown."""
+    if not isinstance(run, Mapping) or not run:
+        return []
+    parts = []
+    if run.get("device"):
+        where = str(run["device"])
+        if run.get("threads"):
+            where += f", {run['threads']} thread{'s' if run['threads'] != 1 else ''}"
+        parts.append(f"on {where}")
+    if run.get("wall_seconds") is not None:
+        parts.append(f"{float(run['wall_seconds']) / 3600:.2f} h of training (summed epoch times, evaluation excluded)")
+    if run.get("amp") is not None or run.get("channels_last") is not None:
+        parts.append(f"amp (bf16 backbone) {'on' if run.get('amp') else 'off'}, channels_last "
+                     f"{'on' if run.get('channels_last') else 'off'}")
+    if run.get("resumed"):
+        parts.append("resumed from checkpoints across sessions (the command below is the last one)")
+    return [f"Trained {'; '.join(parts)}.", ""] if parts else []
 
 
 def _schedule_line(epochs: int, paper_epochs: int | None) -> str:

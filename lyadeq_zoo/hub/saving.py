@@ -27,6 +27,7 @@ def save_pretrained(
     train_command: str | None = None,
     epochs: int | None = None,
     name: str | None = None,
+    training_run: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` as a checkpoint folder: ``model.safetensors`` + ``config.json`` + ``README.md``.
 
@@ -39,6 +40,8 @@ def save_pretrained(
         train_command: the command line that trained the model (shown in the card).
         epochs: epochs actually run, when known.
         name: the model's name in the card; defaults to the folder name.
+        training_run: how the training ran, when known (JSON values; shown in the card): e.g. ``device``,
+            ``threads``, ``wall_seconds`` (summed epoch times), ``amp``, ``channels_last``, ``resumed``.
 
     Files are written atomically (``lyadeq_zoo.fileio.write_folder_atomic``): a new folder appears complete,
     and in an existing one each file is replaced whole. Returns the folder's path.
@@ -72,6 +75,8 @@ def save_pretrained(
         "train_command": train_command,
         "config": config,
     }
+    if training_run is not None:
+        info["training_run"] = json_safe(copy.deepcopy(dict(training_run)))
     write_folder_atomic(directory, {WEIGHTS_NAME: weights, **metadata_files(info)})
     return directory
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from torch import nn
 
@@ -106,9 +107,26 @@ def save_final(
     # DIR/final: the card is named after the run folder (e.g. runs/zoo/lyadeq_mnist), not "final".
     save_pretrained(
         model, directory, metrics=metrics, dataset=dataset, train_command=command, epochs=epochs,
-        name=directory.parent.name,
+        name=directory.parent.name, training_run=training_run_facts(model, history, command),
     )
     return directory
+
+
+def training_run_facts(model: nn.Module, history: list[Mapping[str, Any]], command: str | None) -> dict[str, Any]:
+    """How the run went, for the card: device (the GPU's name, or ``cpu``), torch threads, the summed epoch times
+    in seconds (evaluation excluded), the ``amp`` / ``channels_last`` options, and whether it was resumed."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    train = (getattr(model, "config", None) or {}).get("train") or {}
+    epoch_seconds = [float(r.get("epoch_seconds") or 0.0) for r in history if r.get("kind") == "epoch"]
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "wall_seconds": round(sum(epoch_seconds), 1),
+        "amp": bool(train.get("amp", False)),
+        "channels_last": bool(train.get("channels_last", False)),
+        "resumed": bool(command and "--resume" in command.split()),
+    }
 
 
 def _last_epoch(history: list[Mapping[str, Any]]) -> dict[str, Any]:

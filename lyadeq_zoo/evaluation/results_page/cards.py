@@ -68,6 +68,7 @@ def update_card(entry: ModelEntry) -> str:
             train_command=info.get("train_command"),
             epochs=info.get("epochs"),
             name=entry.name,
+            training_run=info.get("training_run"),
         )
         same_bytes = (staged / WEIGHTS_NAME).read_bytes() == weights.read_bytes()
         if same_bytes:
