@@ -264,7 +264,8 @@ def test_evaluate_carries_the_flags_into_the_result_and_the_checks(trained_mlp) 
     (item,) = result["attacks"][0]["results"]
     assert result["attacks"][0]["threat"] == "ensemble"
     assert [f["flag"] for f in item["info"]["autoattack_flags"]] == ["probability_output"]
-    assert tuple(c["name"] for c in result["checks"]) == CHECK_NAMES + OPTIONAL_CHECK_NAMES
+    assert tuple(c["name"] for c in result["checks"]) == (*CHECK_NAMES, "autoattack_flags")  # no paper PGD here
+    assert OPTIONAL_CHECK_NAMES == ("paper_budget", "autoattack_flags")
     flags = result["checks"][-1]
     assert flags["passed"] is False and flags["level"] == "warning" and "probability distribution" in flags["detail"]
     assert "[FLAG] autoattack_flags: AutoAttack's own checks" in format_table(result)
