@@ -40,8 +40,7 @@ def save_pretrained(
         train_command: the command line that trained the model (shown in the card).
         epochs: epochs actually run, when known.
         name: the model's name in the card; defaults to the folder name.
-        training_run: how the training ran, when known (JSON values; shown in the card): e.g. ``device``,
-            ``threads``, ``wall_seconds`` (summed epoch times), ``amp``, ``channels_last``, ``resumed``.
+        training_run: how it trained (JSON values, in the card): ``device``, ``threads``, ``wall_seconds``...
 
     Files are written atomically (``lyadeq_zoo.fileio.write_folder_atomic``): a new folder appears complete,
     and in an existing one each file is replaced whole. Returns the folder's path.
