@@ -280,8 +280,19 @@ def robustbench_lines(fields: Mapping[str, Any] | None) -> list[str]:
         "",
         "| " + " | ".join(shown) + " |",
         "|" + "---|" * len(shown),
-        "| " + " | ".join("n/a" if fields[k] is None else str(fields[k]) for k in shown) + " |",
+        "| " + " | ".join(_field_cell(fields[k]) for k in shown) + " |",
     ]
+
+
+def _field_cell(value: Any) -> str:
+    """A RobustBench field as a table cell: n/a, yes/no, comma-separated lists, else the value."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
 
 
 def _stability_cell(value: float | None) -> str:
