@@ -271,7 +271,7 @@ def robustbench_lines(fields: Mapping[str, Any] | None) -> list[str]:
     if not isinstance(fields, Mapping):
         return []
     keys = ("clean_acc", "autoattack_acc", "worst_case_acc", "unreliable", "additional_data", "number_forward_passes",
-            "solver", "max_iter", "tol", "attack_grad_modes")
+            "solver", "max_iter", "tol", "mean_solver_steps", "attack_grad_modes")
     shown = [k for k in keys if k in fields]
     return [
         "",

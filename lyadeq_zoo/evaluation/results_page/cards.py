@@ -14,6 +14,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from ...factory import create_model
 from ...fileio import sha256_file, write_folder_atomic
 from ...hub import (
@@ -27,20 +30,45 @@ from ...hub import (
     save_pretrained,
     set_entry,
 )
+from ...registry import get_component
 from ..result import merge_results
 from ..robustbench import robustbench_fields
 from .entries import ModelEntry, weights_status
 
 
-def card_metrics(entry: ModelEntry) -> dict[str, Any]:
+def card_metrics(entry: ModelEntry, model: nn.Module | None = None) -> dict[str, Any]:
     """The metrics to store in a shipped model's config.json (see :func:`lyadeq_zoo.evaluation.result.
     merge_results`): the results by slot, with the card's training metrics kept under ``training``, and the
-    RobustBench-style fields (:mod:`lyadeq_zoo.evaluation.robustbench`) under ``robustbench``."""
+    RobustBench-style fields (:mod:`lyadeq_zoo.evaluation.robustbench`) under ``robustbench``, with the mean
+    solver steps of ``model`` (when given) on the shipped test sample."""
     card = entry.card or {}
     metrics = merge_results(entry.results, card.get("metrics"))
     dataset = card.get("dataset") or entry.dataset
     metrics["robustbench"] = robustbench_fields(entry.results, card.get("config") or {}, dataset)
+    if model is not None and metrics["robustbench"].get("solver") is not None:
+        metrics["robustbench"]["mean_solver_steps"] = mean_solver_steps(model, dataset)
+        metrics["robustbench"]["mean_solver_steps_on"] = f"the shipped {dataset} test sample, clean, eval mode"
     return metrics
+
+
+@torch.no_grad()
+def mean_solver_steps(model: nn.Module, dataset: str, batch_size: int = 250) -> float | None:
+    """Mean forward-solver steps (``last_info["nstep"]``) of ``model`` in eval mode on the shipped test sample of
+    ``dataset`` (the real images in the package), or None for a model that reports none."""
+    images, _ = get_component("dataset", dataset)(split="test", root="sample").tensors()
+    was_training = model.training
+    model.eval()
+    steps = []
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            model(images[start : start + batch_size])
+            info = getattr(model, "last_info", None) or {}
+            if "nstep" not in info:
+                return None
+            steps.append(info["nstep"].float().reshape(-1))
+    finally:
+        model.train(was_training)
+    return round(float(torch.cat(steps).mean()), 2)
 
 
 def update_card(entry: ModelEntry) -> str:
@@ -57,8 +85,8 @@ def update_card(entry: ModelEntry) -> str:
     weights = folder / WEIGHTS_NAME
     before = sha256_file(weights)
     info = read_checkpoint_config(folder / CONFIG_NAME)
-    metrics = card_metrics(entry)
     model = create_model(f"{LOCAL_PREFIX}{folder}")
+    metrics = card_metrics(entry, model)
     with tempfile.TemporaryDirectory(prefix="lyadeq_zoo_card_") as tmp:
         staged = save_pretrained(
             model,
