@@ -194,7 +194,7 @@ def test_update_cards_keeps_weights_and_writes_metrics(tmp_path: Path, results: 
     assert bench["solver"] == old_info["config"]["model"]["solver"]["type"]
     assert 1 <= bench["mean_solver_steps"] <= old_info["config"]["model"]["solver"]["max_iter"]
     assert bench["mean_solver_steps_on"] == "the shipped mnist test sample, clean, eval mode"
-    assert "RobustBench-style fields" in card and f"| {bench['clean_acc']} | n/a |" in card
+    assert "RobustBench-style fields" in card and f"| {bench['clean_acc']} | {bench['clean_n']} | n/a | n/a |" in card
 
     # Still a valid, verified pretrained checkpoint; a second run gives the same files; the real one is untouched.
     assert lz.create_model("lyadeq_mnist", pretrained=True) is not None

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lyadeq_zoo as lz
-from lyadeq_zoo.evaluation.robustbench import robustbench_fields
+from lyadeq_zoo.evaluation.robustbench import gradient_path, robustbench_fields
 from lyadeq_zoo.hub.card import robustbench_lines
 
 SUITE = [
@@ -49,6 +49,9 @@ def test_unreliable_when_the_worst_case_lies_below_autoattack(strong_result: dic
     (aa,) = [a for a in edited["attacks"] if a["name"] == "AutoAttack"]
     aa["results"][0]["accuracy"] = edited["worst_case"][-1]["accuracy"] + 0.2
     assert robustbench_fields({"strong": edited}, {}, "mnist")["unreliable"] is True
+    # an autoattack-suite result (its second entry attacks through the unrolled solver) serves the same way
+    flagged = robustbench_fields({"autoattack": edited}, {}, "mnist")
+    assert flagged["unreliable"] is True and flagged["worst_case_suite"] == edited["suite"]
     # without a strong result there is nothing to compare: unknown, not "reliable"
     fields = robustbench_fields({"paper": strong_result}, {}, "mnist")
     assert fields["unreliable"] is None and fields["autoattack_acc"] is None
@@ -61,5 +64,16 @@ def test_deq_fields_and_card_lines(strong_result: dict) -> None:
     assert (fields["solver"], fields["max_iter"], fields["tol"]) == (solver["type"], solver["max_iter"], solver["tol"])
     assert fields["attack_grad_modes"] == ["model"]  # the unroll run was skipped (not a DEQ), so it does not count
     lines = robustbench_lines(fields)
-    assert lines[3].startswith("| clean_acc | autoattack_acc |") and str(fields["clean_acc"]) in lines[5]
+    assert "eps 0.3;" in lines[1] and "| clean_acc | clean_n | autoattack_acc | autoattack_n |" in lines[3]
+    assert lines[5].startswith(f"| {fields['clean_acc']} | 24 | {fields['autoattack_acc']} | 24 |")
+    assert "eps 8/255;" in robustbench_lines({**fields, "eps": 8 / 255})[1]
     assert robustbench_lines(None) == []
+
+
+def test_gradient_paths_of_the_strong_suites_attacks() -> None:
+    suite = lz.evaluation.load_suite("strong_cpu", "cifar10")
+    paths = {a["name"]: gradient_path(a["type"], a["options"]) for a in suite["attacks"]}
+    assert paths["PGD"] == paths["APGD-DLR"] == paths["AutoAttack-CPU"] == "model"
+    assert paths["PGD-unrolled"] == paths["Divergence"] == "unroll"  # the divergence attack unrolls by default
+    others = (paths["Intermediate"], paths["Square"], paths["Transfer-DEQ"])
+    assert others == ("intermediate_states", "none", "transfer")

@@ -9,19 +9,24 @@ below its AutoAttack number). :func:`robustbench_fields` fills them from ``lz.ev
 * ``clean_acc``: the clean accuracy of the paper-suite result (the full test set), else of the first result.
 * ``autoattack_acc``: the own accuracy of the ``autoattack`` type attack with ``version: standard`` at the
   benchmark eps, from the ``autoattack`` suite result, else from the ``strong`` result; None when neither ran it.
-* ``unreliable``: True when, in a result that ran both, the worst case over every attack at the benchmark eps lies
+* ``unreliable``: True when, in a result that ran both (the ``strong`` result, else the ``autoattack`` one, whose
+  second entry attacks through the unrolled solver), the worst case over every attack at the benchmark eps lies
   more than the masking checks' tolerance below AutoAttack's own accuracy on the same images (AutoAttack alone
-  overstates the robustness); False when it does not; None when no such result exists.
+  overstates the robustness); False when it does not; None when no such result exists. ``worst_case_acc``,
+  ``worst_case_n`` and ``worst_case_suite`` say which worst case it was.
 * DEQ fields (None for models without a solver): ``solver``, ``max_iter``, ``tol`` from the config, and
-  ``attack_grad_modes``: the backwards the attacks' gradients went through (``model`` = the model's own, e.g. the
-  IFT; ``unroll``; ``path`` for the intermediate-state attack). The solver's behaviour under attack is in each
-  ``worst_case`` entry (``solver_converged``, ``lyapunov_certified``, residuals).
+  ``attack_grad_modes``: what the attacks differentiated (:func:`gradient_path`: ``model`` = the model's own
+  backward, e.g. the IFT; ``unroll``; ``intermediate_states``; ``transfer``; ``none`` for score-based
+  attacks). The solver's behaviour under attack is in each ``worst_case`` entry (``solver_converged``,
+  ``lyapunov_certified``, residuals).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from ..attacks import create_attack
 
 #: RobustBench's l_inf eps per data set.
 BENCHMARK_EPS = {"mnist": 0.3, "cifar10": 8 / 255, "cifar100": 8 / 255, "svhn": 8 / 255}
@@ -52,13 +57,16 @@ def robustbench_fields(
         own = _autoattack_accuracy(results.get(slot), eps)
         if own is not None and fields["autoattack_acc"] is None:
             fields["autoattack_acc"], fields["autoattack_n"] = _percent(own), results[slot]["n"]
-    strong = results.get("strong")
-    own_in_strong = _autoattack_accuracy(strong, eps)
-    worst = _worst_case(strong, eps)
-    if own_in_strong is not None and worst is not None:
-        tolerance = max(0.02, 3.0 / max(int(strong["n"]), 1))
-        fields["unreliable"] = bool(worst < own_in_strong - tolerance)
-        fields["worst_case_acc"], fields["worst_case_n"] = _percent(worst), strong["n"]
+    for slot in ("strong", "autoattack"):  # the widest worst case that ran the standard AutoAttack too
+        result = results.get(slot)
+        own, worst = _autoattack_accuracy(result, eps), _worst_case(result, eps)
+        if own is None or worst is None:
+            continue
+        tolerance = max(0.02, 3.0 / max(int(result["n"]), 1))
+        fields["unreliable"] = bool(worst < own - tolerance)
+        fields["worst_case_acc"], fields["worst_case_n"] = _percent(worst), result["n"]
+        fields["worst_case_suite"] = result.get("suite")
+        break
     fields.update(deq_fields(config, results))
     return fields
 
@@ -70,21 +78,34 @@ def deq_fields(config: Mapping[str, Any], results: Mapping[str, Mapping[str, Any
     solver = model.get("solver") or {}
     if not solver or not model.get("cell"):
         return {"solver": None, "max_iter": None, "tol": None, "attack_grad_modes": None}
-    modes = set()
-    for result in results.values():
-        for attack in result.get("attacks") or []:
-            if attack.get("skipped"):
-                continue
-            grad_mode = (attack.get("options") or {}).get("grad_mode")
-            if isinstance(grad_mode, Mapping):
-                grad_mode = grad_mode.get("type")
-            modes.add("model" if grad_mode is None else str(grad_mode))
+    modes = {
+        gradient_path(attack["type"], attack.get("options") or {})
+        for result in results.values()
+        for attack in result.get("attacks") or []
+        if not attack.get("skipped")
+    }
     return {
         "solver": solver.get("type"),
         "max_iter": solver.get("max_iter"),
         "tol": solver.get("tol"),
         "attack_grad_modes": sorted(modes) or None,
     }
+
+
+def gradient_path(attack_type: str, options: Mapping[str, Any]) -> str:
+    """What an attack of ``attack_type`` built with ``options`` differentiates: ``model`` (the model's own
+    backward), another backward's type (``unroll`` ...; ``intermediate_states`` for the intermediate-state attack),
+    ``transfer``
+    (a source model's gradient) or ``none`` (score-based)."""
+    attack = create_attack(attack_type, **options)  # built only: a transfer attack loads its source when it runs
+    if attack.threat == "score-based":
+        return "none"
+    if attack.threat == "transfer":
+        return "transfer"
+    grad_mode = attack.grad_mode
+    if isinstance(grad_mode, Mapping):
+        grad_mode = grad_mode.get("type")
+    return "model" if grad_mode is None else str(grad_mode)
 
 
 def _percent(fraction: float) -> float:

@@ -270,13 +270,18 @@ def robustbench_lines(fields: Mapping[str, Any] | None) -> list[str]:
     """The RobustBench-style fields of ``metrics["robustbench"]`` as one table (none when absent)."""
     if not isinstance(fields, Mapping):
         return []
-    keys = ("clean_acc", "autoattack_acc", "worst_case_acc", "unreliable", "additional_data", "number_forward_passes",
-            "solver", "max_iter", "tol", "mean_solver_steps", "attack_grad_modes")
+    keys = ("clean_acc", "clean_n", "autoattack_acc", "autoattack_n", "worst_case_acc", "worst_case_n", "unreliable",
+            "additional_data", "number_forward_passes", "solver", "max_iter", "tol", "mean_solver_steps",
+            "attack_grad_modes")
     shown = [k for k in keys if k in fields]
+    eps = fields.get("eps")
+    eps_text = "n/a" if eps is None else (f"{round(eps * 255)}/255" if abs(eps * 255 - round(eps * 255)) < 1e-6
+                                         else f"{eps:g}")
     return [
         "",
-        f"RobustBench-style fields (threat model {fields.get('threat_model')}, eps {fields.get('eps')}; accuracies in "
-        "%; `unreliable`: the worst case over every attack lies below AutoAttack's own accuracy on the same images):",
+        f"RobustBench-style fields (threat model {fields.get('threat_model')}, eps {eps_text}; accuracies in %, `_n` "
+        "the images each was measured on; `unreliable`: the worst case over every attack lies below AutoAttack's own "
+        "accuracy on the same images):",
         "",
         "| " + " | ".join(shown) + " |",
         "|" + "---|" * len(shown),
