@@ -288,9 +288,10 @@ def test_the_autoattack_suite_and_the_strong_suites() -> None:
     strong = load_suite("strong", "mnist")["attacks"]
     (full,) = [a for a in strong if a["type"] == "autoattack"]
     assert full["options"] == {"version": "standard"} and full["subset"] == "all"
-    at_8 = load_suite("autoattack_8", "cifar10")["attacks"]  # RobustBench's CIFAR-10 eps only
-    assert [(a["name"], a["eps"]) for a in at_8] == [("AutoAttack", [8 / 255]), ("AutoAttack-unrolled", [8 / 255])]
-    assert [a["options"] for a in at_8] == [a["options"] for a in suite["attacks"]]
+    for dataset, eps in (("cifar10", 8 / 255), ("mnist", 0.3), ("svhn", 8 / 255)):  # RobustBench's eps only
+        rb = load_suite("robustbench", dataset)["attacks"]
+        assert [(a["name"], a["eps"]) for a in rb] == [("AutoAttack", [eps]), ("AutoAttack-unrolled", [eps])]
+        assert [a["options"] for a in rb] == [a["options"] for a in suite["attacks"]]
     cpu = [a for a in load_suite("strong_cpu", "mnist")["attacks"] if a["type"] == "autoattack"]
     assert len(cpu) == 1 and cpu[0]["subset"] == "remaining" and cpu[0]["options"]["n_queries"] == 1000
 

@@ -27,9 +27,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..attacks import create_attack
+from .suites import ROBUSTBENCH_EPS
 
-#: RobustBench's l_inf eps per data set.
-BENCHMARK_EPS = {"mnist": 0.3, "cifar10": 8 / 255, "cifar100": 8 / 255, "svhn": 8 / 255}
 EPS_MATCH = 1e-6
 
 
@@ -38,7 +37,7 @@ def robustbench_fields(
 ) -> dict[str, Any]:
     """RobustBench-style fields of one model from its results by slot (``paper``, ``strong``, ``autoattack``,
     ...) and its model config; accuracies in percent (two decimals), ``n`` per number stated."""
-    eps = BENCHMARK_EPS.get(dataset)
+    eps = ROBUSTBENCH_EPS.get(dataset, ROBUSTBENCH_EPS["default"])
     first = next(iter(results.values()), None)
     clean_source = results.get("paper") or first
     fields: dict[str, Any] = {

@@ -2,8 +2,8 @@
 
 A suite is ``{"name", "description", "attacks": [spec, ...], "checks": {...}, "large_eps": {...}}``; each
 attack spec names a registered attack (``type``), its eps list and its own options. :func:`load_suite`
-resolves one (eps fractions, ``large``, ``{dataset}``) and builds every attack once, so that a typo fails
-before an evaluation starts rather than in the middle of it.
+resolves one (eps fractions, ``large``, ``robustbench``, ``{dataset}``) and builds every attack once, so that a
+typo fails before an evaluation starts rather than in the middle of it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ SUITE_KEYS = ("name", "description", "attacks", "checks", "large_eps")
 SPEC_KEYS = ("name", "type", "eps", "subset")  # keys of an attack spec that are not attack options
 CHECK_OPTIONS = {"tolerance": 0.02, "large_eps_max_accuracy": 0.10}
 DEFAULT_LARGE_EPS = {"mnist": 0.3, "default": 32 / 255}
+#: ``robustbench`` in an eps list: RobustBench's l_inf eps for the data set (0.3 on MNIST, 8/255 elsewhere).
+ROBUSTBENCH_EPS = {"mnist": 0.3, "default": 8 / 255}
 
 
 def suites_dir() -> Path:
@@ -43,7 +45,8 @@ def load_suite(
 
     ``suite``: a shipped suite name (``"paper"``, ``"strong"``), a YAML path, a suite mapping, or a
     bare list of attack specs. Each spec is a mapping with ``type`` (registered attack), ``eps`` (a
-    list of numbers or fraction strings, or ``large``: the suite's sanity eps for ``dataset``),
+    list of numbers or fraction strings, ``large``: the suite's sanity eps for ``dataset``, or ``robustbench``:
+    RobustBench's eps for ``dataset``, 0.3 on MNIST and 8/255 elsewhere),
     optional ``name`` (display name, default ``type``), ``subset`` (``all`` | ``remaining``) and the
     attack's own options. String options may contain ``{dataset}``.
 
@@ -140,11 +143,14 @@ def _resolve_spec(spec: Any, where: str, dataset: str | None, large_eps: float) 
     if not isinstance(eps_list, list):
         eps_list = [eps_list]
     values = []
+    named = {"large": large_eps, "robustbench": ROBUSTBENCH_EPS.get(dataset or "default", ROBUSTBENCH_EPS["default"])}
     for item in eps_list:
         try:
-            values.append(large_eps if item == "large" else parse_eps(item))
+            values.append(named[item] if isinstance(item, str) and item in named else parse_eps(item))
         except ValueError as err:
-            raise ConfigError(f"{where}.eps: {item!r} is not a number, a fraction like 8/255, or 'large'") from err
+            raise ConfigError(
+                f"{where}.eps: {item!r} is not a number, a fraction like 8/255, 'large' or 'robustbench'"
+            ) from err
     subset = spec.get("subset", "all")
     if subset not in ("all", "remaining"):
         raise ConfigError(f"{where}.subset must be 'all' or 'remaining', got {subset!r}")

@@ -22,7 +22,7 @@ SUITE_FILES: dict[str, tuple[str, ...]] = {
     "paper": ("paper",),
     "strong": ("strong", "strong_cpu"),
     "curve": ("curve",),
-    "autoattack": ("autoattack", "autoattack_8"),
+    "autoattack": ("autoattack", "robustbench"),
 }
 DATASET_ORDER = ("mnist", "cifar10", "svhn", "cifar100")
 # The baseline without a DEQ (plain) first, then the paper's Table 1 rows; the adversarially trained models last,
