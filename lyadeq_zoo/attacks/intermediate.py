@@ -30,7 +30,7 @@ from ..errors import AttackNotApplicable
 from ..registry import register
 from .gradients import has_deq_layer
 from .losses import attack_loss
-from .sign_gradient import IterativeSignAttack, judge_final, sign_gradient_ascent
+from .sign_gradient import IterativeSignAttack, judge_iterate, sign_gradient_ascent
 from .threat_model import uniform_start
 
 WEIGHTINGS = ("uniform", "increasing", "last")
@@ -137,7 +137,7 @@ class Intermediate(IterativeSignAttack):
 
         def gradient_at(x_now: torch.Tensor) -> torch.Tensor:
             if self.track_best:
-                judge_final(model, best, best_loss, found, x_now, y, self.loss, only_open=early)
+                judge_iterate(model, best, best_loss, found, x_now, y, self.loss, only_open=early)
             if not early:
                 return self.path_gradient(model, x_now, y)
             # Only the samples the model still classifies correctly move on (the others' best cannot change).
@@ -152,5 +152,5 @@ class Intermediate(IterativeSignAttack):
         )
         if not self.track_best:
             return x_adv
-        judge_final(model, best, best_loss, found, x_adv, y, self.loss, only_open=early)
+        judge_iterate(model, best, best_loss, found, x_adv, y, self.loss, only_open=early)
         return best

@@ -112,11 +112,11 @@ class IterativeSignAttack(Attack):
             )
         if not keep:
             return x_adv
-        judge_final(model, best, best_loss, found, x_adv, y, self.loss, only_open=early)
+        judge_iterate(model, best, best_loss, found, x_adv, y, self.loss, only_open=early)
         return best
 
 
-def judge_final(
+def judge_iterate(
     model: nn.Module,
     best: torch.Tensor,
     best_loss: torch.Tensor,
@@ -126,8 +126,8 @@ def judge_final(
     loss: str,
     only_open: bool,
 ) -> None:
-    """:func:`~.base.track_best` at the last iterate ``x_last`` (no gradient); ``only_open``: run the model only
-    on the samples not fooled yet (the others' best iterate cannot change)."""
+    """:func:`~.base.track_best` at the iterate ``x_last`` (a forward pass, no gradient); ``only_open``: run the
+    model only on the samples not fooled yet (the others' best iterate cannot change)."""
     rows = (~found).nonzero().squeeze(1) if only_open else None
     if rows is not None and rows.numel() == 0:
         return
