@@ -49,7 +49,7 @@ def eval_results_from_cards(runs: Path) -> int:
         card = json.loads(card_file.read_text())
         metrics = card["metrics"]
         results = [{key: metrics[key] for key in RESULT_KEYS if key in metrics}]
-        results += [metrics[slot] for slot in ("strong", "curve") if slot in metrics]
+        results += [metrics[slot] for slot in ("strong", "curve", "autoattack") if slot in metrics]
         for result in results:
             if "format" in result:
                 (runs / f"{card['name']}_{result['suite']}.json").write_text(json.dumps(result))

@@ -77,3 +77,23 @@ def test_gradient_paths_of_the_strong_suites_attacks() -> None:
     assert paths["PGD-unrolled"] == paths["Divergence"] == "unroll"  # the divergence attack unrolls by default
     others = (paths["Intermediate"], paths["Square"], paths["Transfer-DEQ"])
     assert others == ("intermediate_states", "none", "transfer")
+
+
+def test_results_table_shows_the_standard_autoattack_column(strong_result: dict) -> None:
+    from lyadeq_zoo.evaluation.results_page.entries import ModelEntry
+    from lyadeq_zoo.evaluation.results_page.tables import results_table
+
+    with_aa = ModelEntry("plain_mnist", "mnist", "plain", {"baseline": True}, {}, results={"autoattack": strong_result})
+    without = ModelEntry("deq_mnist", "mnist", "deq", {}, {}, results={"paper": strong_result})
+    lines = results_table([with_aa, without])
+    assert lines[0].endswith(" strong suite | AutoAttack (standard) |")
+    (aa,) = [a for a in strong_result["attacks"] if a["name"] == "AutoAttack"]
+    row = next(line for line in lines if line.startswith("| `plain_mnist` (not shipped) |"))
+    assert row.endswith(f" | {100 * aa['results'][0]['accuracy']:.2f} at 76.5/255 (n=24) |")
+    other = next(line for line in lines if line.startswith("| `deq_mnist` (not shipped) |"))
+    assert other.endswith(" | – |")
+    # every row has the header's number of cells
+    assert len({line.count("|") for line in lines if line.startswith("|")}) == 1
+    assert any(line.startswith("AutoAttack (standard): the official AutoAttack") for line in lines)
+    # no model with an AutoAttack result: no such column
+    assert "AutoAttack" not in results_table([without])[0]

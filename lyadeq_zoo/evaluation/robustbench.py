@@ -52,10 +52,9 @@ def robustbench_fields(
         "number_forward_passes": 1,
         "unreliable": None,
     }
-    for slot in ("autoattack", "strong"):
-        own = _autoattack_accuracy(results.get(slot), eps)
-        if own is not None and fields["autoattack_acc"] is None:
-            fields["autoattack_acc"], fields["autoattack_n"] = _percent(own), results[slot]["n"]
+    point = autoattack_point(results, dataset)
+    if point is not None:
+        fields["autoattack_acc"], fields["autoattack_n"] = point[0], point[1]
     for slot in ("strong", "autoattack"):  # the widest worst case that ran the standard AutoAttack too
         result = results.get(slot)
         own, worst = _autoattack_accuracy(result, eps), _worst_case(result, eps)
@@ -68,6 +67,17 @@ def robustbench_fields(
         break
     fields.update(deq_fields(config, results))
     return fields
+
+
+def autoattack_point(results: Mapping[str, Mapping[str, Any]], dataset: str) -> tuple[float, int, float] | None:
+    """(accuracy in %, n, eps) of the standard AutoAttack at RobustBench's eps for ``dataset``, from the
+    ``autoattack`` result, else the ``strong`` one (as ``autoattack_acc``); None when neither ran it."""
+    eps = ROBUSTBENCH_EPS.get(dataset, ROBUSTBENCH_EPS["default"])
+    for slot in ("autoattack", "strong"):
+        own = _autoattack_accuracy(results.get(slot), eps)
+        if own is not None:
+            return _percent(own), int(results[slot]["n"]), float(eps)
+    return None
 
 
 def deq_fields(config: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

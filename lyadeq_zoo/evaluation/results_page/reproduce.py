@@ -9,7 +9,12 @@ from .formatting import title
 
 DATA_DIR = "../shared/data"  # where the full data sets are on the machines the zoo is built on
 # slot -> (suite, --limit) of the eval command for a slot that has no result yet
-DEFAULT_RUNS = (("paper", "paper", None), ("strong", "strong_cpu", 500), ("curve", "curve", 500))
+DEFAULT_RUNS = (
+    ("paper", "paper", None),
+    ("strong", "strong_cpu", 500),
+    ("autoattack", "robustbench", 500),
+    ("curve", "curve", 500),
+)
 
 
 def reproduce_section(models: Sequence[ModelEntry], *, runs: str, out: str, figures: str) -> list[str]:

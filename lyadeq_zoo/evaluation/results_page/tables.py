@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from ...hub import fine_tuned_from
 from ..checks import CHECK_NAMES
 from ..result import attack_curve, clean_pct, eps_255_key, sample_note, stability_curve, worst_curve
+from ..robustbench import autoattack_point
 from .entries import ModelEntry, weights_status
 from .formatting import (
     DASH,
@@ -23,8 +24,9 @@ from .formatting import (
 
 
 def results_table(models: Sequence[ModelEntry]) -> list[str]:
-    """The per-data-set table: our row (paper suite + strong worst case, and the solver's statistics at the strong
-    worst-case inputs when some model's result has them), then the paper's row."""
+    """The per-data-set table: our row (paper suite + strong worst case, the official AutoAttack at RobustBench's
+    eps and the solver's statistics at the strong worst-case inputs, each when some model's result has them),
+    then the paper's row."""
     head = (
         f"| model | evaluated on | clean | I-FGSM {' / '.join(map(str, TABLE_EPS))} | "
         f"PGD {' / '.join(map(str, TABLE_EPS))} | Δ vs paper (clean; PGD 8) | "
@@ -32,14 +34,20 @@ def results_table(models: Sequence[ModelEntry]) -> list[str]:
     )
     # Columns of the solver's statistics at the strong suite's worst-case inputs, only when some result has them.
     stability = [column for column in STABILITY_COLUMNS if _has_stability(models, column[0])]
+    autoattack = any(autoattack_point(m.results, m.dataset) is not None for m in models)
+    if autoattack:
+        head += " AutoAttack (standard) |"
     head += "".join(f" {label} {' / '.join(map(str, TABLE_EPS))} |" for _, label, _ in stability)
-    pad = " |" * len(stability)  # the paper's rows have no such numbers
-    lines = [head, "|---|---|---|---|---|---|---|---|---|" + "---|" * len(stability)]
+    extra = int(autoattack) + len(stability)
+    pad = " |" * extra  # the paper's rows have no such numbers
+    lines = [head, "|---|---|---|---|---|---|---|---|---|" + "---|" * extra]
     for m in models:
         paper = m.paper_row
         label = f"`{m.name}`" + ("" if m.shipped else " (not shipped)")
         where, cells = _paper_suite_cells(m.results.get("paper"), paper)
         cells += _strong_suite_cells(m.results.get("strong"))
+        if autoattack:
+            cells.append(_autoattack_cell(m))
         cells += [_stability_series(m.results.get("strong"), key) for key, _, _ in stability]
         lines.append(f"| {label} | {where} | " + " | ".join(cells) + " |")
         if paper is not None:
@@ -51,6 +59,13 @@ def results_table(models: Sequence[ModelEntry]) -> list[str]:
             lines.append("| ↳ paper | not in the paper: a zoo baseline | | | | | | | |" + pad)
         else:
             lines.append("| ↳ paper | not reported for this data set | | | | | | | |" + pad)
+    if autoattack:
+        lines += [
+            "",
+            "AutoAttack (standard): the official AutoAttack (pyautoattack; APGD-CE, APGD-T, FAB-T, Square 5000) at "
+            "RobustBench's eps for the data set, alone, on the n images stated: the number RobustBench compares. The "
+            "worst case over every attack is the stricter one.",
+        ]
     if stability:
         meanings = "; ".join(f"{label}: % of the strong suite's images {meaning}" for _, label, meaning in stability)
         lines += [
@@ -59,6 +74,15 @@ def results_table(models: Sequence[ModelEntry]) -> list[str]:
             "of the last attack that ran on it; see `lz.evaluation.under_attack`).",
         ]
     return lines
+
+
+def _autoattack_cell(m: ModelEntry) -> str:
+    """``0.00 at 8/255 (n=500)``: the standard AutoAttack's accuracy at RobustBench's eps, or a dash."""
+    point = autoattack_point(m.results, m.dataset)
+    if point is None:
+        return DASH
+    accuracy, n, eps = point
+    return f"{fmt(accuracy)} at {eps_label(eps * 255)} (n={n})"
 
 
 def _has_stability(models: Sequence[ModelEntry], key: str) -> bool:
