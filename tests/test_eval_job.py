@@ -62,6 +62,26 @@ def test_job_equals_one_evaluate_call(tmp_path: Path, tiny_suite: Path) -> None:
     assert numbers(job) == numbers({**direct, "model": job["model"], "data": record})
     assert [c["name"] for c in job["checks"]][:2] == ["input_gradients", "large_eps"]
     assert "solver_converged" in job["worst_case"][0]  # the stability-under-attack statistics survive the merge
+    assert job["clean"]["solver"]["mean_steps"] >= 1  # so do the clean inputs' (equal to one call's, above)
+
+
+def test_records_from_before_the_clean_solver_statistics_merge_without_them(tmp_path: Path, tiny_suite: Path) -> None:
+    """A job resumed over chunk records written by an older version (no ``clean_solver`` per image) leaves the
+    summary out instead of computing it on a part of the images."""
+    out = tmp_path / "job"
+    args = cli("lyadeq_mnist", "--limit", "8", "--suite", str(tiny_suite), "--batch-size", "4", "--chunk-size", "4",
+               "--out", str(out))
+    assert eval_main(args) == 0
+    assert "solver" in json.loads((out / "result.json").read_text())["clean"]
+    (records,) = out.glob("records-rank*.jsonl")
+    first, second = records.read_text().splitlines()
+    old = json.loads(first)
+    for image in old["images"]:
+        del image["clean_solver"]
+    records.write_text(json.dumps(old) + "\n" + second + "\n")
+    assert eval_main([*args, "--resume"]) == 0
+    merged = json.loads((out / "result.json").read_text())
+    assert "solver" not in merged["clean"] and merged["clean"]["n"] == 8
 
 
 def test_resume_redoes_only_a_half_written_chunk(tmp_path: Path, tiny_suite: Path) -> None:

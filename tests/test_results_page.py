@@ -192,8 +192,10 @@ def test_update_cards_keeps_weights_and_writes_metrics(tmp_path: Path, results: 
     assert bench["clean_acc"] == round(100 * results["paper"]["clean"]["accuracy"], 2)
     assert bench["autoattack_acc"] is None and bench["unreliable"] is None and bench["eps"] == 0.3
     assert bench["solver"] == old_info["config"]["model"]["solver"]["type"]
+    # the mean solver steps of the paper result's clean inputs (results from before those existed: see below)
+    assert bench["mean_solver_steps"] == round(results["paper"]["clean"]["solver"]["mean_steps"], 2)
     assert 1 <= bench["mean_solver_steps"] <= old_info["config"]["model"]["solver"]["max_iter"]
-    assert bench["mean_solver_steps_on"] == "the shipped mnist test sample, clean, eval mode"
+    assert bench["mean_solver_steps_on"] == f"the {N_IMAGES} clean test images of the `paper` result"
     assert "RobustBench-style fields" in card and f"| {bench['clean_acc']} | {bench['clean_n']} | n/a | n/a |" in card
 
     # Still a valid, verified pretrained checkpoint; a second run gives the same files; the real one is untouched.
@@ -232,3 +234,21 @@ def test_merged_card_metrics(results: dict) -> None:
     assert merge_results({"curve": results["curve"]}, merged)["training"] == training
     with pytest.raises(ValueError, match="no result to merge"):
         merge_results({}, training)
+
+
+def test_card_metrics_measure_the_steps_on_the_sample_for_older_results(results: dict) -> None:
+    """A result from before the clean solver statistics existed: the card measures the steps on the shipped
+    sample instead (the same model, so within the solver's range), and says so."""
+    from lyadeq_zoo.evaluation.results_page.cards import card_metrics
+    from lyadeq_zoo.evaluation.results_page.entries import ModelEntry
+
+    older = {**results["paper"], "clean": {k: v for k, v in results["paper"]["clean"].items() if k != "solver"}}
+    config = lz.zoo_config("lyadeq_mnist")
+    entry = ModelEntry("lyadeq_mnist", "mnist", "lyadeq", {}, {}, card={"dataset": "mnist", "config": config,
+                                                                       "metrics": {"clean_accuracy": 0.97}},
+                       results={"paper": older})
+    model = lz.create_model("lyadeq_mnist", pretrained=True)
+    bench = card_metrics(entry, model)["robustbench"]
+    assert 1 <= bench["mean_solver_steps"] <= config["model"]["solver"]["max_iter"]
+    assert bench["mean_solver_steps_on"] == "the shipped mnist test sample, clean, eval mode"
+    assert "mean_solver_steps" not in card_metrics(entry)["robustbench"]  # no model given: nothing to measure

@@ -97,3 +97,16 @@ def test_results_table_shows_the_standard_autoattack_column(strong_result: dict)
     assert any(line.startswith("AutoAttack (standard): the official AutoAttack") for line in lines)
     # no model with an AutoAttack result: no such column
     assert "AutoAttack" not in results_table([without])[0]
+
+
+def test_mean_solver_steps_come_from_the_paper_results_clean_inputs(strong_result: dict) -> None:
+    config = lz.zoo_config("lyadeq_mnist")
+    paper = copy.deepcopy(strong_result)
+    paper["suite"], paper["clean"]["solver"] = "paper", {"mean_steps": 7.256, "max_steps": 12.0, "converged": 1.0}
+    fields = robustbench_fields({"strong": strong_result, "paper": paper}, config, "mnist")
+    assert fields["mean_solver_steps"] == 7.26
+    assert fields["mean_solver_steps_on"] == "the 24 clean test images of the `paper` result"
+    # results without the statistics (older ones) leave the field to the card's measurement on the sample
+    assert "mean_solver_steps" not in robustbench_fields({"strong": strong_result}, config, "mnist")
+    # a model without a solver has none, whatever a result holds
+    assert "mean_solver_steps" not in robustbench_fields({"paper": paper}, lz.zoo_config("plain_mnist"), "mnist")

@@ -189,3 +189,27 @@ def test_table_card_and_page_show_them_only_when_present(evaluated, tmp_path: Pa
     assert curve_figure([entry], tmp_path / "figure.png").read_bytes()[:4] == b"\x89PNG"
     entry.results = {"paper": old, "strong": old}
     assert "solver converged" not in "\n".join(results_table([entry])) and stability_models([entry]) == []
+
+
+def test_clean_solver_statistics_match_an_independent_recomputation(evaluated) -> None:
+    model, x, _, result = evaluated
+    solver = result["clean"]["solver"]
+    report = lz.stability_report(model, x)
+    steps = report["nstep"].double()
+    assert solver["mean_steps"] == pytest.approx(round(steps.mean().item(), 3))
+    assert solver["max_steps"] == steps.max().item()
+    assert solver["converged"] == pytest.approx(report["converged"].sum().item() / x.shape[0])
+    assert 0.0 < solver["converged"] < 1.0  # the slow-solving cell converges on some clean digits and not others
+    if model.lyapunov is not None:
+        bound = CERTIFICATE_RTOL * (1 + report["lyapunov_value"].double().abs())
+        certified = (report["lyapunov_decrease"].double() <= bound).sum().item() / x.shape[0]
+        assert solver["lyapunov_certified"] == pytest.approx(certified)
+    else:
+        assert "lyapunov_certified" not in solver
+    assert f"solver at the clean inputs: {solver['mean_steps']:.2f} steps on average" in format_table(result)
+    # a network without a DEQ has none
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
+    plain = lz.evaluate(mlp, TensorDataset(x, torch.zeros(x.shape[0], dtype=torch.long)), SUITE[:1], progress=False,
+                        checks=False)
+    assert "solver" not in plain["clean"] and "solver at the clean" not in format_table(plain)

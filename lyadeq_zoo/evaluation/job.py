@@ -45,8 +45,8 @@ from ..errors import ConfigError, DataFormatError
 from ..fileio import append_line_synced, write_json_atomic
 from .checks import masking_checks
 from .result import AttackRun, assemble_result, eps_key, run_info
-from .runner import collect_batches, plan_runs, run_attacks
-from .under_attack import WorstCaseStability
+from .runner import Tally, collect_batches, plan_runs, run_attacks
+from .under_attack import CLEAN_SOLVER_FIELDS, CleanSolverStats, WorstCaseStability
 
 JOB_FORMAT = "lyadeq-zoo-eval-job/1"
 IDENTITY_FILE = "job.json"
@@ -160,30 +160,12 @@ def evaluate_chunk(
     """Run the suite on chunk ``chunk`` of ``data`` (model on ``device``, in eval mode) and return its record:
     ``{"chunk", "start", "n", "clean_seconds", "stability_seconds", "runs": [{"name", "eps", "seconds",
     "solver_not_converged", "info"}], "images": [{"image", "clean_correct", "outcomes": [int per run],
-    "stability": {eps: {field: value}} | null}]}``; outcomes are -1 not attacked, 0 broken, 1 still correct."""
+    "stability": {eps: {field: value}} | null, "clean_solver": {field: value} | null}]}``; outcomes are -1 not
+    attacked, 0 broken, 1 still correct."""
     indices = chunk_ranges(n, chunk_size)[chunk]
     batches = collect_batches(model, Subset(data, list(indices)), None, batch_size)
     tally = run_attacks(model, batches, suite, device, seed, False, batch_offset=chunk * (chunk_size // batch_size))
-    images = []
-    for local, image in enumerate(indices):
-        stability = None
-        if tally.stability is not None:
-            stability = {
-                repr(key): {
-                    field: _scalar(getattr(store, field), local)
-                    for field in STABILITY_FIELDS
-                    if getattr(store, field) is not None
-                }
-                for key, store in tally.stability.items()
-            }
-        images.append(
-            {
-                "image": image,
-                "clean_correct": bool(tally.clean_correct[local]),
-                "outcomes": [int(run["outcome"][local]) for run in tally.runs],
-                "stability": stability,
-            }
-        )
+    images = [_image_record(tally, local, image) for local, image in enumerate(indices)]
     return {
         "chunk": chunk,
         "start": indices.start,
@@ -201,6 +183,34 @@ def evaluate_chunk(
             for run in tally.runs
         ],
         "images": images,
+    }
+
+
+def _image_record(tally: Tally, local: int, image: int) -> dict[str, Any]:
+    """One image's entry of a chunk record: row ``local`` of the chunk's ``tally``, image ``image`` of the job."""
+    stability = None
+    if tally.stability is not None:
+        stability = {
+            repr(key): {
+                field: _scalar(getattr(store, field), local)
+                for field in STABILITY_FIELDS
+                if getattr(store, field) is not None
+            }
+            for key, store in tally.stability.items()
+        }
+    clean_solver = None
+    if tally.clean_solver is not None:
+        clean_solver = {
+            field: _scalar(getattr(tally.clean_solver, field), local)
+            for field in CLEAN_SOLVER_FIELDS
+            if getattr(tally.clean_solver, field) is not None
+        }
+    return {
+        "image": image,
+        "clean_correct": bool(tally.clean_correct[local]),
+        "outcomes": [int(run["outcome"][local]) for run in tally.runs],
+        "stability": stability,
+        "clean_solver": clean_solver,
     }
 
 
@@ -272,7 +282,8 @@ def merge_chunks(
     robust = _robust(runs, clean_correct)
     stability = _stability(images)
     result = assemble_result(
-        suite, runs, clean_correct, robust, seed=seed, device=device, dataset=dataset, stability=stability
+        suite, runs, clean_correct, robust, seed=seed, device=device, dataset=dataset, stability=stability,
+        clean_solver=_clean_solver(images),
     )
     if checks:
         result["checks"] = masking_checks(model, first_batch, runs, clean_correct, dict(suite), device)
@@ -314,6 +325,20 @@ def _stability(images: list[Mapping[str, Any]]) -> dict[float, WorstCaseStabilit
             recorded=torch.tensor([row["recorded"] for row in rows], dtype=torch.bool),
         )
     return out
+
+
+def _clean_solver(images: list[Mapping[str, Any]]) -> CleanSolverStats | None:
+    """The solver statistics at every image's clean input, or None when the model has none (or when some records
+    were written before they were recorded: the summary is then left out rather than computed on a part)."""
+    rows = [image.get("clean_solver") for image in images]
+    if any(row is None for row in rows):
+        return None
+    lyapunov = "certified" in rows[0]
+    return CleanSolverStats(
+        nstep=torch.tensor([row["nstep"] for row in rows], dtype=torch.float64),
+        converged=torch.tensor([row["converged"] for row in rows], dtype=torch.bool),
+        certified=torch.tensor([row["certified"] for row in rows], dtype=torch.bool) if lyapunov else None,
+    )
 
 
 def restore_run_info(run: AttackRun, infos: list[Mapping[str, Any]]) -> None:

@@ -66,6 +66,7 @@ def _attack_rows(result: Mapping[str, Any]) -> list[str]:
     lines += _stability_rows(result)
     lines.append("")
     lines.append("(values in parentheses: cumulative accuracy of a 'remaining'-subset attack)")
+    lines += _clean_solver_line(result)
     lines += _unconverged_line(result)
     skipped = [f"{a['name']}: {a['skipped']}" for a in result["attacks"] if a["skipped"]]
     if skipped:
@@ -102,6 +103,20 @@ def _stability_rows(result: Mapping[str, Any]) -> list[str]:
         ]
         lines.append("| residual median / max at the worst case | " + " | ".join(values) + " | |")
     return lines
+
+
+def _clean_solver_line(result: Mapping[str, Any]) -> list[str]:
+    """The forward solver at the clean inputs: mean and max steps, converged (and certified) share."""
+    solver = result["clean"].get("solver")
+    if not solver or solver.get("mean_steps") is None:
+        return []
+    text = (
+        f"solver at the clean inputs: {solver['mean_steps']:.2f} steps on average (max {solver['max_steps']:g}), "
+        f"converged {_pct(solver['converged'])}%"
+    )
+    if "lyapunov_certified" in solver:
+        text += f", Lyapunov certified {_pct(solver['lyapunov_certified'])}%"
+    return [text]
 
 
 def _unconverged_line(result: Mapping[str, Any]) -> list[str]:

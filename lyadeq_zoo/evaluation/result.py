@@ -13,7 +13,9 @@ Accuracies are fractions of ``n`` in [0, 1]; ``eps`` is in input units, ``eps_25
 For models with solver diagnostics (DEQs) each attack result also has ``solver_not_converged`` (how many of its
 adversarial inputs left the forward solve unconverged), each ``worst_case`` entry ``solver_converged``,
 ``residual_median``, ``residual_max`` and, for Lyapunov models, ``lyapunov_certified``, and ``timing`` has
-``stability_seconds``: the solver's statistics at each image's worst-case input (:mod:`.under_attack`).
+``stability_seconds``: the solver's statistics at each image's worst-case input (:mod:`.under_attack`);
+``clean`` has ``solver``: ``{"mean_steps", "max_steps", "converged"[, "lyapunov_certified"]}`` at the n clean
+inputs (steps in ``f`` evaluations, the others fractions of n).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ..attacks import Attack, eps_in_255
 from ..errors import DataFormatError
 from ..fileio import write_text_atomic
 from ..hub.card import worst_case_row
-from .under_attack import STABILITY_NOTE, WorstCaseStability
+from .under_attack import STABILITY_NOTE, CleanSolverStats, WorstCaseStability
 
 RESULT_FORMAT = "lyadeq-zoo-eval/1"
 RESULT_FORMAT_PREFIX = "lyadeq-zoo-eval/"  # any version of the format
@@ -75,11 +77,13 @@ def assemble_result(
     device: torch.device,
     dataset: str | None,
     stability: Mapping[float, WorstCaseStability] | None = None,
+    clean_solver: CleanSolverStats | None = None,
 ) -> dict[str, Any]:
     """The result dict (``checks`` empty, no ``timing`` yet) from the finished runs.
 
     ``clean_correct``: (n,) bool; ``robust``: eps key -> (n,) bool, samples robust to every attack run at
-    that eps; ``stability``: eps key -> the solver statistics at the worst-case inputs (None: not measured).
+    that eps; ``stability``: eps key -> the solver statistics at the worst-case inputs (None: not measured);
+    ``clean_solver``: those at the clean inputs, summarised as ``clean.solver`` (omitted when None).
     """
     n = clean_correct.numel()
     cumulative: dict[float, torch.Tensor] = {}
@@ -93,6 +97,9 @@ def assemble_result(
         if run["skipped"] is not None:
             entry["skipped"] = run["skipped"]
         entry["results"].append(_run_item(run, clean_correct, cumulative, measured_stability=stability is not None))
+    clean: dict[str, Any] = {"accuracy": float(clean_correct.sum()) / n, "correct": int(clean_correct.sum()), "n": n}
+    if clean_solver is not None:
+        clean["solver"] = clean_solver.summary()
     return {
         "format": RESULT_FORMAT,
         "suite": suite["name"],
@@ -100,7 +107,7 @@ def assemble_result(
         "n": n,
         "seed": seed,
         "device": str(device),
-        "clean": {"accuracy": float(clean_correct.sum()) / n, "correct": int(clean_correct.sum()), "n": n},
+        "clean": clean,
         "eps": sorted({eps_key(r["eps"]) for r in runs}),
         "attacks": attacks_out,
         "worst_case": _worst_case(runs, robust, n, stability),

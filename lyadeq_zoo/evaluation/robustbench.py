@@ -14,7 +14,9 @@ below its AutoAttack number). :func:`robustbench_fields` fills them from ``lz.ev
   more than the masking checks' tolerance below AutoAttack's own accuracy on the same images (AutoAttack alone
   overstates the robustness); False when it does not; None when no such result exists. ``worst_case_acc``,
   ``worst_case_n`` and ``worst_case_suite`` say which worst case it was.
-* DEQ fields (None for models without a solver): ``solver``, ``max_iter``, ``tol`` from the config, and
+* DEQ fields (None for models without a solver): ``solver``, ``max_iter``, ``tol`` from the config,
+  ``mean_solver_steps`` (the forward solver's mean steps at the clean inputs of the paper-suite result, where
+  the result has them; ``mean_solver_steps_on`` says on what), and
   ``attack_grad_modes``: what the attacks differentiated (:func:`gradient_path`: ``model`` = the model's own
   backward, e.g. the IFT; ``unroll``; ``intermediate_states``; ``transfer``; ``none`` for score-based
   attacks). The solver's behaviour under attack is in each ``worst_case`` entry (``solver_converged``,
@@ -66,7 +68,23 @@ def robustbench_fields(
         fields["worst_case_suite"] = result.get("suite")
         break
     fields.update(deq_fields(config, results))
+    if fields["solver"] is not None:
+        fields.update(_mean_solver_steps(results))
     return fields
+
+
+def _mean_solver_steps(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """``mean_solver_steps`` (and what it was measured on) from the clean solver statistics of the paper-suite
+    result, else of the first result that has them; empty when none has (results from before they existed)."""
+    for slot in ("paper", *results):
+        result = results.get(slot) or {}
+        solver = (result.get("clean") or {}).get("solver") or {}
+        if solver.get("mean_steps") is not None:
+            return {
+                "mean_solver_steps": round(float(solver["mean_steps"]), 2),
+                "mean_solver_steps_on": f"the {result['n']} clean test images of the `{result.get('suite')}` result",
+            }
+    return {}
 
 
 def autoattack_point(results: Mapping[str, Mapping[str, Any]], dataset: str) -> tuple[float, int, float] | None:

@@ -23,7 +23,7 @@ from .checks import masking_checks
 from .inputs import dataset_name
 from .result import AttackRun, assemble_result, eps_key
 from .suites import load_suite
-from .under_attack import WorstCaseStability, solver_stats
+from .under_attack import CleanSolverStats, WorstCaseStability, solver_stats
 
 
 def evaluate(
@@ -70,7 +70,7 @@ def evaluate(
             tally = run_attacks(model, batches, suite, device, seed, progress)
             result = assemble_result(
                 suite, tally.runs, tally.clean_correct, tally.robust,
-                seed=seed, device=device, dataset=dataset, stability=tally.stability,
+                seed=seed, device=device, dataset=dataset, stability=tally.stability, clean_solver=tally.clean_solver,
             )
             if checks:
                 result["checks"] = masking_checks(model, batches[0], tally.runs, tally.clean_correct, suite, device)
@@ -161,14 +161,15 @@ class Tally:
 
     ``runs``: the attack runs (their ``outcome`` per image); ``clean_correct`` (n,) bool; ``robust``: eps key ->
     (n,) bool, robust to every attack so far at that eps; ``stability``: eps key -> the solver statistics at each
-    image's worst-case input so far (None for a model without solver diagnostics); seconds spent on clean
-    predictions and on the statistics.
+    image's worst-case input so far, and ``clean_solver`` those at the clean inputs (both None for a model without
+    solver diagnostics); seconds spent on clean predictions and on the statistics.
     """
 
     runs: list[AttackRun]
     clean_correct: torch.Tensor
     robust: dict[float, torch.Tensor]
     stability: dict[float, WorstCaseStability] | None = None
+    clean_solver: CleanSolverStats | None = None
     clean_seconds: float = 0.0
     stability_seconds: float = 0.0
 
@@ -243,19 +244,22 @@ def run_attacks(
 def _record_clean_stability(
     model: nn.Module, tally: Tally, x: torch.Tensor, correct: torch.Tensor, offset: int
 ) -> None:
-    """Start the statistics on the first batch (when the model has solver diagnostics) and record the clean
-    inputs of the clean-misclassified images of batch ``x`` (their worst-case input, at every eps)."""
+    """Start the statistics on the first batch (when the model has solver diagnostics), record the solver's
+    statistics at the clean inputs of batch ``x`` and, for its clean-misclassified images, record the clean input
+    as their worst-case input at every eps."""
     if tally.stability is None and offset > 0:
         return  # the first batch showed that the model has no solver diagnostics
-    wrong = (~correct).nonzero().squeeze(1)
-    if tally.stability is not None and wrong.numel() == 0:
-        return
     stats = tally.measure(model, x)
     if stats is None:
         return
     if tally.stability is None:
         n, lyapunov = tally.clean_correct.numel(), "certified" in stats
         tally.stability = {key: WorstCaseStability.empty(n, lyapunov) for key in tally.robust}
+        tally.clean_solver = CleanSolverStats.empty(n, lyapunov)
+    tally.clean_solver.record(slice(offset, offset + x.shape[0]), stats)
+    wrong = (~correct).nonzero().squeeze(1)
+    if wrong.numel() == 0:
+        return
     wrong_stats = {key: value[wrong] for key, value in stats.items()}
     for store in tally.stability.values():
         store.record(wrong + offset, wrong_stats, settle=torch.ones(wrong.numel(), dtype=torch.bool))

@@ -50,8 +50,9 @@ def solver_stats(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor] |
     """Per-sample solver diagnostics of ``model`` at inputs ``x`` (N, C, H, W), on the CPU, or None for a model
     without a DEQ layer or without diagnostics (no ``last_info``, no ``converged`` flag).
 
-    Keys: ``rel_residual`` (N,) float64, ``converged`` (N,) bool, and for Lyapunov models ``certified`` (N,) bool
-    (see :data:`CERTIFICATE_RTOL`). One forward pass under ``torch.no_grad()``, in the model's current mode.
+    Keys: ``rel_residual`` (N,) float64, ``converged`` (N,) bool, ``nstep`` (N,) float64 (the returned iterate's
+    index in ``f`` evaluations), and for Lyapunov models ``certified`` (N,) bool (see :data:`CERTIFICATE_RTOL`).
+    One forward pass under ``torch.no_grad()``, in the model's current mode.
     """
     if not has_deq_layer(model) or getattr(model, "last_info", None) is None:
         return None
@@ -61,6 +62,7 @@ def solver_stats(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor] |
     stats = {
         "rel_residual": report["rel_residual"].detach().to("cpu", torch.float64),
         "converged": report["converged"].detach().cpu().bool(),
+        "nstep": report["nstep"].detach().to("cpu", torch.float64),
     }
     if "lyapunov_decrease" in report:
         decrease = report["lyapunov_decrease"].detach().to("cpu", torch.float64)
@@ -119,4 +121,48 @@ class WorstCaseStability:
         if residual.numel():
             out["residual_median"] = json_safe(float(residual.median()))
             out["residual_max"] = json_safe(float(residual.max()))
+        return out
+
+
+CLEAN_SOLVER_FIELDS = ("nstep", "converged", "certified")
+
+
+@dataclasses.dataclass
+class CleanSolverStats:
+    """Per image (``n`` of them): the solver's statistics at the clean input, for the result's ``clean.solver``.
+
+    ``nstep``: (n,) float64, NaN until recorded; ``converged``, ``certified`` (Lyapunov models only): (n,) bool.
+    """
+
+    nstep: torch.Tensor
+    converged: torch.Tensor
+    certified: torch.Tensor | None
+
+    @classmethod
+    def empty(cls, n: int, lyapunov: bool) -> CleanSolverStats:
+        return cls(
+            nstep=torch.full((n,), float("nan"), dtype=torch.float64),
+            converged=torch.zeros(n, dtype=torch.bool),
+            certified=torch.zeros(n, dtype=torch.bool) if lyapunov else None,
+        )
+
+    def record(self, images: slice | torch.Tensor, stats: Mapping[str, torch.Tensor]) -> None:
+        """:func:`solver_stats` of the clean inputs of ``images`` (a slice or indices into the ``n``)."""
+        self.nstep[images] = stats["nstep"]
+        self.converged[images] = stats["converged"]
+        if self.certified is not None and "certified" in stats:
+            self.certified[images] = stats["certified"]
+
+    def summary(self) -> dict[str, float | None]:
+        """``mean_steps`` and ``max_steps`` (f evaluations per clean image), ``converged`` and, for Lyapunov models,
+        ``lyapunov_certified`` (fractions of all ``n`` clean images)."""
+        n = self.converged.numel()
+        steps = self.nstep[~torch.isnan(self.nstep)]
+        out: dict[str, float | None] = {
+            "mean_steps": round(float(steps.mean()), 3) if steps.numel() else None,
+            "max_steps": float(steps.max()) if steps.numel() else None,
+            "converged": float(self.converged.sum()) / n,
+        }
+        if self.certified is not None:
+            out["lyapunov_certified"] = float(self.certified.sum()) / n
         return out

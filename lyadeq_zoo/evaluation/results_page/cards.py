@@ -40,12 +40,13 @@ def card_metrics(entry: ModelEntry, model: nn.Module | None = None) -> dict[str,
     """The metrics to store in a shipped model's config.json (see :func:`lyadeq_zoo.evaluation.result.
     merge_results`): the results by slot, with the card's training metrics kept under ``training``, and the
     RobustBench-style fields (:mod:`lyadeq_zoo.evaluation.robustbench`) under ``robustbench``, with the mean
-    solver steps of ``model`` (when given) on the shipped test sample."""
+    solver steps from the results, else those of ``model`` (when given) on the shipped test sample."""
     card = entry.card or {}
     metrics = merge_results(entry.results, card.get("metrics"))
     dataset = card.get("dataset") or entry.dataset
     metrics["robustbench"] = robustbench_fields(entry.results, card.get("config") or {}, dataset)
-    if model is not None and metrics["robustbench"].get("solver") is not None:
+    fields = metrics["robustbench"]
+    if model is not None and fields.get("solver") is not None and fields.get("mean_solver_steps") is None:
         metrics["robustbench"]["mean_solver_steps"] = mean_solver_steps(model, dataset)
         metrics["robustbench"]["mean_solver_steps_on"] = f"the shipped {dataset} test sample, clean, eval mode"
     return metrics
