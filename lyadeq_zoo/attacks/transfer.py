@@ -3,6 +3,10 @@
 It never looks at the target's gradient, so it is immune to the target's gradient masking: if a
 transfer attack from an ordinary model breaks more samples than white-box attacks on the target do,
 those white-box attacks are not finding the target's real weaknesses.
+
+The examples handed over are the inner attack's *last* iterates on the source (``track_best: false`` unless the
+inner spec sets it): an example that maximises the source's loss for the whole budget transfers; the first iterate
+that happens to cross the source's decision boundary (what ``track_best`` keeps) barely does.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import accepted_keys
 from ..errors import AttackNotApplicable
 from ..model_source import resolve_model
-from ..registry import register
+from ..registry import get_component, register
 from .base import Attack, create_attack
 
 
@@ -25,9 +30,9 @@ class Transfer(Attack):
 
     Options: ``source`` (anything ``lz.create_model`` accepts, a config path, or an ``nn.Module``
     from Python), ``attack`` (inner attack spec, default ``{"type": "pgd"}``; its ``eps`` is this
-    attack's ``eps``), ``eps``, ``pretrained`` (None = the zoo weights when the entry has them; a
-    zoo source without weights makes the attack not applicable, since a random model transfers
-    nothing), ``seed``.
+    attack's ``eps``; ``track_best`` defaults to false there, see the module docstring), ``eps``,
+    ``pretrained`` (None = the zoo weights when the entry has them; a zoo source without weights makes the
+    attack not applicable, since a random model transfers nothing), ``seed``.
     """
 
     threat = "transfer"
@@ -50,6 +55,8 @@ class Transfer(Attack):
             raise ValueError("transfer: the inner attack cannot itself be a transfer attack")
         if seed is not None and "seed" not in inner:
             inner["seed"] = seed
+        if "track_best" not in inner and "track_best" in accepted_keys(get_component("attack", inner["type"]))[0]:
+            inner["track_best"] = False
         self.attack = inner
         self.inner = create_attack(inner["type"], eps=self.eps, **{k: v for k, v in inner.items() if k != "type"})
         self.source = source if isinstance(source, str) else type(source).__name__
