@@ -190,21 +190,8 @@ def _image_record(tally: Tally, local: int, image: int) -> dict[str, Any]:
     """One image's entry of a chunk record: row ``local`` of the chunk's ``tally``, image ``image`` of the job."""
     stability = None
     if tally.stability is not None:
-        stability = {
-            repr(key): {
-                field: _scalar(getattr(store, field), local)
-                for field in STABILITY_FIELDS
-                if getattr(store, field) is not None
-            }
-            for key, store in tally.stability.items()
-        }
-    clean_solver = None
-    if tally.clean_solver is not None:
-        clean_solver = {
-            field: _scalar(getattr(tally.clean_solver, field), local)
-            for field in CLEAN_SOLVER_FIELDS
-            if getattr(tally.clean_solver, field) is not None
-        }
+        stability = {repr(key): _row(store, STABILITY_FIELDS, local) for key, store in tally.stability.items()}
+    clean_solver = None if tally.clean_solver is None else _row(tally.clean_solver, CLEAN_SOLVER_FIELDS, local)
     return {
         "image": image,
         "clean_correct": bool(tally.clean_correct[local]),
@@ -212,6 +199,11 @@ def _image_record(tally: Tally, local: int, image: int) -> dict[str, Any]:
         "stability": stability,
         "clean_solver": clean_solver,
     }
+
+
+def _row(store: Any, fields: tuple[str, ...], index: int) -> dict[str, float | bool]:
+    """Entry ``index`` of each per-image tensor ``fields`` of ``store`` that it holds (a None field is left out)."""
+    return {field: _scalar(getattr(store, field), index) for field in fields if getattr(store, field) is not None}
 
 
 def _scalar(values: torch.Tensor, index: int) -> float | bool:
