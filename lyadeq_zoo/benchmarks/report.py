@@ -247,7 +247,7 @@ def _suite_speed_table(speed: Mapping[str, Any]) -> list[str]:
         "",
         f"**Suite speed** (`{speed['suite']}` on {speed['n']} CIFAR-10 images, {speed['model']} "
         f"({speed['weights']}), one batch; {speed['clean_correct']} clean-correct): previous implementation "
-        "(`early_stop: false`) vs now, same images and seed",
+        "(`early_stop: false`, each eps on its own, transfer on every sample) vs now, same images and seed",
         "",
         "| attack | previous (s) | now (s) | speed-up |",
         "|---|---|---|---|",
@@ -262,7 +262,20 @@ def _suite_speed_table(speed: Mapping[str, Any]) -> list[str]:
     lines += [
         "",
         f"Per-image outcomes that differ: {speed['run_outcomes_differ']} of {speed['run_outcomes_compared']} "
-        f"(attack, eps, image) outcomes; worst case per eps: {speed['worst_case_differ']}.",
+        "(attack, eps, image) outcomes that both measured"
+        + (
+            f"; {speed['run_outcomes_not_run_now']} not run now (the image was broken already at that eps or a "
+            "smaller one)"
+            if "run_outcomes_not_run_now" in speed
+            else ""
+        )
+        + f". Worst case per eps, images that differ: {speed['worst_case_differ']}"
+        + (
+            f"; robust now but broken before: {speed['worst_case_weaker_now']}"
+            if "worst_case_weaker_now" in speed
+            else ""
+        )
+        + ".",
     ]
     return lines
 

@@ -9,11 +9,15 @@ Which numbers are on which samples (``n`` = all evaluated samples; every accurac
   and are never attacked.
 * An attack with ``subset: all`` (default) runs on every clean-correct sample, so its ``accuracy`` is
   its own robust accuracy, comparable across attacks and models (the paper's Table 1 numbers).
+* The l_inf balls of the eps values are nested, so an example that breaks a sample at one eps breaks
+  it at every larger eps too: a sample broken at a smaller eps counts as broken at the larger ones.
 * An attack with ``subset: remaining`` runs only on samples that every earlier attack in the suite
-  failed on at the same eps (AutoAttack's way to save time); its own accuracy is unknown (``null``)
-  and only its ``cumulative_accuracy`` is reported.
-* ``cumulative_accuracy`` of attack ``i``: samples robust to attacks ``0..i`` at that eps.
-* ``worst_case``: samples robust to every attack that ran at that eps (RobustBench's number).
+  failed on at the same eps and every smaller one (AutoAttack's way to save time); its own accuracy
+  is unknown (``null``) and only its ``cumulative_accuracy`` is reported.
+* ``cumulative_accuracy`` of attack ``i``: samples robust to attacks ``0..i`` at that eps and every
+  smaller one.
+* ``worst_case``: samples robust to every attack that ran at that eps or a smaller one (RobustBench's
+  number, computed per eps ball).
 
 Masking checks (list ``checks``; each ``{"name", "passed", "level", "detail"}``, ``passed`` is
 ``None`` when the suite lacks what the check needs) are described in :mod:`.checks`.

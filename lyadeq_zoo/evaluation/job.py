@@ -44,7 +44,7 @@ from ..attacks import AutoAttack
 from ..errors import ConfigError, DataFormatError
 from ..fileio import append_line_synced, write_json_atomic
 from .checks import masking_checks
-from .result import AttackRun, assemble_result, eps_key, run_info
+from .result import AttackRun, assemble_result, eps_key, run_info, worst_case_robust
 from .runner import Tally, collect_batches, plan_runs, run_attacks
 from .under_attack import CLEAN_SOLVER_FIELDS, CleanSolverStats, WorstCaseStability
 
@@ -271,7 +271,7 @@ def merge_chunks(
         run["solver_not_converged"] = sum(counts) if counts else None
         restore_run_info(run, [part["info"] for part in parts])
     clean_correct = torch.tensor([image["clean_correct"] for image in images], dtype=torch.bool)
-    robust = _robust(runs, clean_correct)
+    robust = worst_case_robust(runs, clean_correct)
     stability = _stability(images)
     result = assemble_result(
         suite, runs, clean_correct, robust, seed=seed, device=device, dataset=dataset, stability=stability,
@@ -286,16 +286,6 @@ def merge_chunks(
     if stability is not None:
         result["timing"]["stability_seconds"] = round(sum(r["stability_seconds"] for r in records), 4)
     return result
-
-
-def _robust(runs: list[AttackRun], clean_correct: torch.Tensor) -> dict[float, torch.Tensor]:
-    """eps key -> (n,) bool robust to every run at that eps (clean-correct and no run broke it)."""
-    robust: dict[float, torch.Tensor] = {}
-    for run in runs:
-        alive = robust.setdefault(eps_key(run["eps"]), clean_correct.clone())
-        if run["skipped"] is None:
-            alive &= run["outcome"] != 0
-    return robust
 
 
 def _stability(images: list[Mapping[str, Any]]) -> dict[float, WorstCaseStability] | None:

@@ -43,9 +43,11 @@ NOTES = [
     "non-robust and are not attacked.",
     "accuracy: the attack's own robust accuracy (attacks with subset 'all' run on every "
     "clean-correct sample); null for subset 'remaining', which runs only on samples every earlier "
-    "attack failed on at that eps.",
-    "cumulative_accuracy: robust to this and all earlier attacks at that eps; worst_case: robust "
-    "to every attack run at that eps.",
+    "attack failed on at that eps and every smaller one.",
+    "The eps balls are nested: an example that breaks a sample at one eps breaks it at every larger eps, so a "
+    "sample broken at a smaller eps counts as broken at the larger ones too. cumulative_accuracy: robust to this "
+    "and all earlier attacks at that eps and every smaller one; worst_case: robust to every attack run at that "
+    "eps or a smaller one.",
 ]
 
 
@@ -67,6 +69,22 @@ def eps_key(eps: float) -> float:
     return round(eps, 9)
 
 
+def worst_case_robust(runs: list[AttackRun], clean_correct: torch.Tensor) -> dict[float, torch.Tensor]:
+    """eps key -> (n,) bool: clean-correct and broken by no run at that eps or a smaller one (the l_inf balls are
+    nested, so an example found at a smaller eps lies in every larger ball). Skipped runs count for their eps key
+    (a key with only skipped runs is still a key) but break nothing."""
+    broken: dict[float, torch.Tensor] = {}
+    for run in runs:
+        hit = broken.setdefault(eps_key(run["eps"]), torch.zeros_like(clean_correct))
+        if run["skipped"] is None:
+            hit |= run["outcome"] == 0
+    robust, so_far = {}, ~clean_correct
+    for key in sorted(broken):
+        so_far = so_far | broken[key]
+        robust[key] = ~so_far
+    return robust
+
+
 def assemble_result(
     suite: Mapping[str, Any],
     runs: list[AttackRun],
@@ -86,7 +104,7 @@ def assemble_result(
     ``clean_solver``: those at the clean inputs, summarised as ``clean.solver`` (omitted when None).
     """
     n = clean_correct.numel()
-    cumulative: dict[float, torch.Tensor] = {}
+    broken_so_far: dict[float, torch.Tensor] = {}  # eps key -> (n,) bool, broken by the runs so far at that eps
     attacks_out = []
     by_index: dict[int, dict[str, Any]] = {}
     for run in runs:
@@ -96,7 +114,9 @@ def assemble_result(
             attacks_out.append(entry)
         if run["skipped"] is not None:
             entry["skipped"] = run["skipped"]
-        entry["results"].append(_run_item(run, clean_correct, cumulative, measured_stability=stability is not None))
+        entry["results"].append(
+            _run_item(run, clean_correct, broken_so_far, measured_stability=stability is not None)
+        )
     clean: dict[str, Any] = {"accuracy": float(clean_correct.sum()) / n, "correct": int(clean_correct.sum()), "n": n}
     if clean_solver is not None:
         clean["solver"] = clean_solver.summary()
@@ -131,17 +151,24 @@ def _attack_entry(run: AttackRun) -> dict[str, Any]:
 
 
 def _run_item(
-    run: AttackRun, clean_correct: torch.Tensor, cumulative: dict[float, torch.Tensor], *, measured_stability: bool
+    run: AttackRun, clean_correct: torch.Tensor, broken_so_far: dict[float, torch.Tensor], *, measured_stability: bool
 ) -> dict[str, Any]:
-    """One attack's numbers at one eps; ``cumulative`` (eps key -> (n,) bool, robust so far) is updated."""
+    """One attack's numbers at one eps, the runs given in suite order; ``broken_so_far`` (eps key -> (n,) bool,
+    broken by the runs so far at that eps) is updated. The cumulative accuracy counts a sample broken at a smaller
+    eps as broken (:func:`worst_case_robust`)."""
     n = clean_correct.numel()
     item: dict[str, Any] = {"eps": run["eps"], "eps_255": round(eps_in_255(run["eps"]), 4)}
     if run["skipped"] is not None:
         item.update(accuracy=None, robust=None, attacked=0, cumulative_accuracy=None, seconds=0.0)
         return item
     outcome = run["outcome"]
-    alive = cumulative.setdefault(eps_key(run["eps"]), clean_correct.clone())
-    alive &= outcome != 0
+    key = eps_key(run["eps"])
+    hit = broken_so_far.setdefault(key, torch.zeros_like(clean_correct))
+    hit |= outcome == 0
+    alive = clean_correct.clone()
+    for other, broken in broken_so_far.items():
+        if other <= key:
+            alive &= ~broken
     own = run["spec"]["subset"] == "all"
     item.update(
         accuracy=float((outcome == 1).sum()) / n if own else None,

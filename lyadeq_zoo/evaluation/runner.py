@@ -189,11 +189,17 @@ def run_attacks(
     seed: int,
     progress: bool,
     batch_offset: int = 0,
+    nested_eps: bool = True,
 ) -> Tally:
     """Run every attack of ``suite`` on every batch, in suite order per batch; see :class:`Tally`.
 
     Batch ``b`` of ``batches`` is seeded as batch ``batch_offset + b`` of the whole evaluation, so a job that
     evaluates the images in pieces (:mod:`.job`) draws the same random numbers as one :func:`evaluate` call.
+
+    ``nested_eps``: an image broken at one eps counts as broken at every larger eps at once (its example lies in
+    the larger ball), so ``remaining`` attacks there skip it and the worst case is
+    :func:`~.result.worst_case_robust` of the outcomes. False (each eps on its own, as before) is kept for the
+    benchmark's comparison with the previous implementation.
     """
     from tqdm.auto import tqdm  # a progress bar only; not imported with the package
 
@@ -218,27 +224,46 @@ def run_attacks(
         for r_index, run in enumerate(runs):
             if run["skipped"] is not None:
                 continue
-            alive = robust[eps_key(run["eps"])]
-            targets = correct.clone() if run["spec"]["subset"] == "all" else alive[sl].clone()
-            outcome = run["outcome"][sl]
-            outcome[~correct] = 0
-            idx = targets.nonzero().squeeze(1)
-            t0 = time.perf_counter()
-            if idx.numel():
-                with _seeded(seed, batch_offset + b, r_index, device):
-                    x_adv = run["attack"](model, x[idx.to(device)], y[idx.to(device)])
-                _check_threat_model(x_adv, x[idx.to(device)], run["eps"], run["spec"]["name"])
-                with torch.no_grad():
-                    still = (model(x_adv).argmax(1) == y[idx.to(device)]).cpu()
-                outcome[idx] = still.to(torch.int8)
-                alive[sl][idx] &= still
-            run["seconds"] += time.perf_counter() - t0
-            if idx.numel():
-                _record_attack_stability(model, tally, run, x_adv, idx + offset, broken=~still)
+            with _seeded(seed, batch_offset + b, r_index, device):
+                _run_on_batch(model, tally, run, x, y, correct, offset, nested_eps)
             bar.update(1)
         offset += x.shape[0]
     bar.close()
     return tally
+
+
+def _run_on_batch(
+    model: nn.Module,
+    tally: Tally,
+    run: AttackRun,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    correct: torch.Tensor,
+    offset: int,
+    nested_eps: bool,
+) -> None:
+    """``run`` on the images of the batch ``x`` (B, C, H, W), ``y`` (B,) that it targets (every clean-correct one
+    for ``all``, the still-robust ones for ``remaining``), images ``offset .. offset + B - 1`` of the evaluation:
+    their outcomes, the worst case at the eps keys the examples reach, and the solver's statistics there."""
+    sl = slice(offset, offset + x.shape[0])
+    robust = tally.robust
+    targets = correct.clone() if run["spec"]["subset"] == "all" else robust[eps_key(run["eps"])][sl].clone()
+    outcome = run["outcome"][sl]
+    outcome[~correct] = 0
+    idx = targets.nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return
+    t0 = time.perf_counter()
+    x_in, y_in = x[idx.to(x.device)], y[idx.to(x.device)]
+    x_adv = run["attack"](model, x_in, y_in)
+    _check_threat_model(x_adv, x_in, run["eps"], run["spec"]["name"])
+    with torch.no_grad():
+        still = (model(x_adv).argmax(1) == y_in).cpu()
+    outcome[idx] = still.to(torch.int8)
+    for key in _keys_reached(robust, run["eps"], nested_eps):
+        robust[key][sl][idx] &= still
+    run["seconds"] += time.perf_counter() - t0
+    _record_attack_stability(model, tally, run, x_adv, idx + offset, ~still, nested_eps)
 
 
 def _record_clean_stability(
@@ -265,19 +290,39 @@ def _record_clean_stability(
         store.record(wrong + offset, wrong_stats, settle=torch.ones(wrong.numel(), dtype=torch.bool))
 
 
+def _keys_reached(robust: Mapping[float, torch.Tensor], eps: float, nested_eps: bool) -> list[float]:
+    """The eps keys at which an example found at ``eps`` counts: ``eps``'s own and, nested, every larger one."""
+    key = eps_key(eps)
+    return [k for k in robust if k >= key] if nested_eps else [key]
+
+
 def _record_attack_stability(
-    model: nn.Module, tally: Tally, run: AttackRun, x_adv: torch.Tensor, images: torch.Tensor, broken: torch.Tensor
+    model: nn.Module,
+    tally: Tally,
+    run: AttackRun,
+    x_adv: torch.Tensor,
+    images: torch.Tensor,
+    broken: torch.Tensor,
+    nested_eps: bool,
 ) -> None:
     """The solver statistics at the adversarial inputs ``x_adv`` of ``run`` for ``images`` (indices into the n):
     counted into the run's ``solver_not_converged`` and recorded as the images' worst-case inputs so far at the
-    run's eps (final for the ``broken`` ones)."""
+    run's eps (final for the ``broken`` ones); with ``nested_eps`` the ``broken`` ones' inputs are also the
+    worst-case inputs at every larger eps where no earlier example broke them."""
     if tally.stability is None:
         return
     stats = tally.measure(model, x_adv)
     if stats is None:
         return
     run["solver_not_converged"] = (run["solver_not_converged"] or 0) + int((~stats["converged"]).sum())
-    tally.stability[eps_key(run["eps"])].record(images, stats, settle=broken)
+    key = eps_key(run["eps"])
+    tally.stability[key].record(images, stats, settle=broken)
+    larger = [k for k in _keys_reached(tally.stability, run["eps"], nested_eps) if k != key]
+    if larger and bool(broken.any()):
+        hit = broken.nonzero().squeeze(1)
+        hit_stats = {name: value[hit] for name, value in stats.items()}
+        for k in larger:
+            tally.stability[k].record(images[hit], hit_stats, settle=torch.ones(hit.numel(), dtype=torch.bool))
 
 
 @contextlib.contextmanager

@@ -7,7 +7,8 @@ per eps and image, the statistics of the input that counts (:class:`WorstCaseSta
 a few ``(n,)`` tensors per eps). **The worst-case input** of an image at one eps is
 
 * the clean image, for an image the model misclassifies clean (it is never attacked);
-* the adversarial example of the *first* attack, in suite order, that broke the image at that eps;
+* the adversarial example of the *first* run, in suite order, that broke the image at that eps or at a smaller
+  one (the balls are nested: an example found at a smaller eps breaks the image at every larger eps too);
 * for an image no attack at that eps broke, the example of the *last* attack, in suite order, that ran on it (every
   attack at that eps that ran did run on it: ``all`` attacks on every clean-correct image, ``remaining`` ones on
   the images still robust).
@@ -41,8 +42,8 @@ from ..stability import stability_report
 CERTIFICATE_RTOL = 1e-5
 STABILITY_NOTE = (
     "solver_converged / lyapunov_certified / residual_*: measured at each image's worst-case input (the example of "
-    "the first attack that broke it, else of the last attack that ran on it; the clean image if misclassified "
-    "clean); fractions of n."
+    "the first attack that broke it there or at a smaller eps, else of the last attack that ran on it; the clean "
+    "image if misclassified clean); fractions of n."
 )
 
 
