@@ -125,3 +125,9 @@ def test_results_go_to_the_checkouts_benchmarks_folder() -> None:
     # The code lives in the package; the results it writes by default stay in the repository's benchmarks/.
     assert results_dir() == REPO / "benchmarks"
     assert (REPO / "benchmarks" / "README.md").is_file() and not list((REPO / "benchmarks").glob("*.py"))
+
+
+@pytest.mark.parametrize("images", ["0", "1001"])
+def test_suite_images_outside_the_sample_is_refused(images: str) -> None:
+    with pytest.raises(SystemExit, match=r"--suite-images must be in 1\.\.1000.*got " + images):
+        benchmark_main(["--sections", "suite_speed", "--suite-images", images])

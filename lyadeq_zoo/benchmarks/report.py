@@ -246,7 +246,8 @@ def _suite_speed_table(speed: Mapping[str, Any]) -> list[str]:
     lines = [
         "",
         f"**Suite speed** (`{speed['suite']}` on {speed['n']} CIFAR-10 images, {speed['model']} "
-        f"({speed['weights']}), one batch; {speed['clean_correct']} clean-correct): previous implementation "
+        f"({speed['weights']}), batches of {speed['batch_size']}; {speed['clean_correct']} clean-correct): previous "
+        "implementation "
         "(`early_stop: false`, each eps on its own, transfer on every sample) vs now, same images and seed",
         "",
         "| attack | previous (s) | now (s) | speed-up |",

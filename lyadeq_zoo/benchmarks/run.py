@@ -21,9 +21,15 @@ from .throughput import bench_gemm, bench_models
 
 
 def run_benchmark(
-    device: torch.device, quick: bool, threads: int, sections: Sequence[str], command: str
+    device: torch.device,
+    quick: bool,
+    threads: int,
+    sections: Sequence[str],
+    command: str,
+    suite_images: int = 40,
 ) -> dict[str, Any]:
-    """Measure ``sections`` (a subset of :data:`SECTIONS`) on ``device``; ``command`` is recorded as given.
+    """Measure ``sections`` (a subset of :data:`SECTIONS`) on ``device``; ``command`` is recorded as given;
+    ``suite_images``: how many sample images the ``suite_speed`` section evaluates.
 
     ``threads`` is the torch CPU thread count the caller has set (the memory subprocesses use it too).
     Times are in seconds, memory in bytes; ``seconds`` is the whole run's wall time.
@@ -58,7 +64,7 @@ def run_benchmark(
     if "attacks" in sections:
         result["attacks"] = bench_attacks(device, quick)
     if "suite_speed" in sections:
-        result["suite_speed"] = bench_suite_speed(device, quick)
+        result["suite_speed"] = bench_suite_speed(device, quick, n=suite_images)
     result["targets"] = judge_targets(result)
     result["seconds"] = time.perf_counter() - start
     return result
