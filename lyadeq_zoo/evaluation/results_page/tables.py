@@ -70,8 +70,8 @@ def results_table(models: Sequence[ModelEntry]) -> list[str]:
         meanings = "; ".join(f"{label}: % of the strong suite's images {meaning}" for _, label, meaning in stability)
         lines += [
             "",
-            f"{meanings}; each at the image's worst-case input (the example of the first attack that broke it, else "
-            "of the last attack that ran on it; see `lz.evaluation.under_attack`).",
+            f"{meanings}; each at the image's worst-case input (the example of the first attack that broke it at that "
+            "eps or a smaller one, else of the last attack that ran on it; see `lz.evaluation.under_attack`).",
         ]
     return lines
 
