@@ -50,6 +50,14 @@ def stability_report(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tenso
         )
     with torch.no_grad():
         model(x)
+    return last_forward_report(model)
+
+
+def last_forward_report(model: nn.Module) -> dict[str, torch.Tensor]:
+    """:func:`stability_report`'s per-sample tensors of the forward pass ``model`` ran last (read from its
+    ``last_info`` and its DEQ layer's), without running it again; for a caller that needs the logits of that same
+    pass too (``lz.evaluate`` predicts and measures the solver in one pass)."""
+    layers = [module for module in model.modules() if isinstance(module, DEQLayer)]
     info = dict(model.last_info)
     missing = [k for k in ("nstep", "rel_residual") if k not in info]
     if missing:

@@ -12,8 +12,9 @@ Accuracies are fractions of ``n`` in [0, 1]; ``eps`` is in input units, ``eps_25
 ``autoattack`` attack's ``autoattack_flags`` and ``autoattack_settings``).
 For models with solver diagnostics (DEQs) each attack result also has ``solver_not_converged`` (how many of its
 adversarial inputs left the forward solve unconverged), each ``worst_case`` entry ``solver_converged``,
-``residual_median``, ``residual_max`` and, for Lyapunov models, ``lyapunov_certified``, and ``timing`` has
-``stability_seconds``: the solver's statistics at each image's worst-case input (:mod:`.under_attack`);
+``residual_median``, ``residual_max`` and, for Lyapunov models, ``lyapunov_certified``: the solver's statistics
+at each image's worst-case input (:mod:`.under_attack`), read from the forward pass that judged the input, and
+``timing`` has ``stability_seconds``, the time spent reading them;
 ``clean`` has ``solver``: ``{"mean_steps", "max_steps", "converged"[, "lyapunov_certified"]}`` at the n clean
 inputs (steps in ``f`` evaluations, the others fractions of n).
 """

@@ -23,7 +23,7 @@ from .checks import masking_checks
 from .inputs import dataset_name
 from .result import AttackRun, assemble_result, eps_key
 from .suites import load_suite
-from .under_attack import CleanSolverStats, WorstCaseStability, solver_stats
+from .under_attack import CleanSolverStats, WorstCaseStability, last_forward_stats
 
 
 def evaluate(
@@ -173,12 +173,16 @@ class Tally:
     clean_seconds: float = 0.0
     stability_seconds: float = 0.0
 
-    def measure(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        """:func:`.under_attack.solver_stats` of ``model`` at ``x``, timed into ``stability_seconds``."""
+    def predict(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """``model``'s predicted classes (N,) at ``x`` (N, C, H, W), on the CPU, and the solver statistics of that
+        same forward pass (:func:`.under_attack.last_forward_stats`; their extraction timed into
+        ``stability_seconds``)."""
+        with torch.no_grad():
+            predicted = model(x).argmax(1).cpu()
         t0 = time.perf_counter()
-        stats = solver_stats(model, x)
+        stats = last_forward_stats(model)
         self.stability_seconds += time.perf_counter() - t0
-        return stats
+        return predicted, stats
 
 
 def run_attacks(
@@ -214,13 +218,13 @@ def run_attacks(
         x, y = x.to(device), y.to(device)
         sl = slice(offset, offset + x.shape[0])
         t0 = time.perf_counter()
-        with torch.no_grad():
-            correct = (model(x).argmax(1) == y).cpu()
+        predicted, stats = tally.predict(model, x)
+        correct = predicted == y.cpu()
         tally.clean_seconds += time.perf_counter() - t0
         tally.clean_correct[sl] = correct
         for run in runs:
             robust.setdefault(eps_key(run["eps"]), torch.zeros(n, dtype=torch.bool))[sl] = correct
-        _record_clean_stability(model, tally, x, correct, offset)
+        _record_clean_stability(tally, stats, correct, offset)
         for r_index, run in enumerate(runs):
             if run["skipped"] is not None:
                 continue
@@ -257,31 +261,28 @@ def _run_on_batch(
     x_in, y_in = x[idx.to(x.device)], y[idx.to(x.device)]
     x_adv = run["attack"](model, x_in, y_in)
     _check_threat_model(x_adv, x_in, run["eps"], run["spec"]["name"])
-    with torch.no_grad():
-        still = (model(x_adv).argmax(1) == y_in).cpu()
+    predicted, stats = tally.predict(model, x_adv)
+    still = predicted == y_in.cpu()
     outcome[idx] = still.to(torch.int8)
     for key in _keys_reached(robust, run["eps"], nested_eps):
         robust[key][sl][idx] &= still
     run["seconds"] += time.perf_counter() - t0
-    _record_attack_stability(model, tally, run, x_adv, idx + offset, ~still, nested_eps)
+    _record_attack_stability(tally, run, stats, idx + offset, ~still, nested_eps)
 
 
 def _record_clean_stability(
-    model: nn.Module, tally: Tally, x: torch.Tensor, correct: torch.Tensor, offset: int
+    tally: Tally, stats: dict[str, torch.Tensor] | None, correct: torch.Tensor, offset: int
 ) -> None:
     """Start the statistics on the first batch (when the model has solver diagnostics), record the solver's
-    statistics at the clean inputs of batch ``x`` and, for its clean-misclassified images, record the clean input
-    as their worst-case input at every eps."""
-    if tally.stability is None and offset > 0:
-        return  # the first batch showed that the model has no solver diagnostics
-    stats = tally.measure(model, x)
-    if stats is None:
-        return
+    statistics ``stats`` at the clean inputs of the batch (images ``offset`` on, ``correct`` (B,) bool) and, for its
+    clean-misclassified images, record the clean input as their worst-case input at every eps."""
+    if stats is None or (tally.stability is None and offset > 0):
+        return  # no diagnostics, or the first batch showed that the model has none
     if tally.stability is None:
         n, lyapunov = tally.clean_correct.numel(), "certified" in stats
         tally.stability = {key: WorstCaseStability.empty(n, lyapunov) for key in tally.robust}
         tally.clean_solver = CleanSolverStats.empty(n, lyapunov)
-    tally.clean_solver.record(slice(offset, offset + x.shape[0]), stats)
+    tally.clean_solver.record(slice(offset, offset + correct.numel()), stats)
     wrong = (~correct).nonzero().squeeze(1)
     if wrong.numel() == 0:
         return
@@ -297,22 +298,18 @@ def _keys_reached(robust: Mapping[float, torch.Tensor], eps: float, nested_eps: 
 
 
 def _record_attack_stability(
-    model: nn.Module,
     tally: Tally,
     run: AttackRun,
-    x_adv: torch.Tensor,
+    stats: dict[str, torch.Tensor] | None,
     images: torch.Tensor,
     broken: torch.Tensor,
     nested_eps: bool,
 ) -> None:
-    """The solver statistics at the adversarial inputs ``x_adv`` of ``run`` for ``images`` (indices into the n):
+    """The solver statistics ``stats`` at the adversarial inputs of ``run`` for ``images`` (indices into the n):
     counted into the run's ``solver_not_converged`` and recorded as the images' worst-case inputs so far at the
     run's eps (final for the ``broken`` ones); with ``nested_eps`` the ``broken`` ones' inputs are also the
     worst-case inputs at every larger eps where no earlier example broke them."""
-    if tally.stability is None:
-        return
-    stats = tally.measure(model, x_adv)
-    if stats is None:
+    if tally.stability is None or stats is None:
         return
     run["solver_not_converged"] = (run["solver_not_converged"] or 0) + int((~stats["converged"]).sum())
     key = eps_key(run["eps"])

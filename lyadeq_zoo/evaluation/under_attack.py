@@ -2,7 +2,8 @@
 hold, at each image's worst-case adversarial input?
 
 :func:`lyadeq_zoo.evaluate` measures, right after every attack run, the model's solver diagnostics at the run's
-adversarial inputs (:func:`solver_stats`, one forward pass through :func:`lyadeq_zoo.stability_report`) and keeps,
+adversarial inputs (:func:`last_forward_stats`: the diagnostics of the forward pass that judged them, as
+:func:`lyadeq_zoo.stability_report` reads them) and keeps,
 per eps and image, the statistics of the input that counts (:class:`WorstCaseStability`; statistics, not images:
 a few ``(n,)`` tensors per eps). **The worst-case input** of an image at one eps is
 
@@ -36,7 +37,7 @@ from torch import nn
 
 from ..attacks.gradients import has_deq_layer
 from ..fileio import json_safe
-from ..stability import stability_report
+from ..stability import last_forward_report
 
 #: The certificate counts as holding when ``lyapunov_decrease <= CERTIFICATE_RTOL * (1 + lyapunov_value)``.
 CERTIFICATE_RTOL = 1e-5
@@ -47,17 +48,17 @@ STABILITY_NOTE = (
 )
 
 
-def solver_stats(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
-    """Per-sample solver diagnostics of ``model`` at inputs ``x`` (N, C, H, W), on the CPU, or None for a model
-    without a DEQ layer or without diagnostics (no ``last_info``, no ``converged`` flag).
+def last_forward_stats(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """Per-sample solver diagnostics of the forward pass ``model`` ran last (on a batch (N, C, H, W)), on the CPU,
+    read from it without running it again; None for a model without a DEQ layer or without diagnostics (no
+    ``last_info``, no ``converged`` flag).
 
     Keys: ``rel_residual`` (N,) float64, ``converged`` (N,) bool, ``nstep`` (N,) float64 (the returned iterate's
     index in ``f`` evaluations), and for Lyapunov models ``certified`` (N,) bool (see :data:`CERTIFICATE_RTOL`).
-    One forward pass under ``torch.no_grad()``, in the model's current mode.
     """
     if not has_deq_layer(model) or getattr(model, "last_info", None) is None:
         return None
-    report = stability_report(model, x)
+    report = last_forward_report(model)
     if "converged" not in report:
         return None
     stats = {
@@ -98,7 +99,7 @@ class WorstCaseStability:
         )
 
     def record(self, images: torch.Tensor, stats: Mapping[str, torch.Tensor], settle: torch.Tensor) -> None:
-        """Statistics ``stats`` (of :func:`solver_stats`, one row per entry of ``images``) at inputs of the images
+        """Statistics ``stats`` (of :func:`last_forward_stats`, one row per entry of ``images``) at inputs of the images
         ``images`` (int64 indices into the ``n``); settled images are left alone, and ``settle`` (bool, like
         ``images``) settles those whose input is final (the attack broke them)."""
         fresh = ~self.settled[images]
@@ -148,7 +149,7 @@ class CleanSolverStats:
         )
 
     def record(self, images: slice | torch.Tensor, stats: Mapping[str, torch.Tensor]) -> None:
-        """:func:`solver_stats` of the clean inputs of ``images`` (a slice or indices into the ``n``)."""
+        """:func:`last_forward_stats` of the clean inputs of ``images`` (a slice or indices into the ``n``)."""
         self.nstep[images] = stats["nstep"]
         self.converged[images] = stats["converged"]
         if self.certified is not None and "certified" in stats:
