@@ -105,18 +105,18 @@ def assemble_result(
     ``clean_solver``: those at the clean inputs, summarised as ``clean.solver`` (omitted when None).
     """
     n = clean_correct.numel()
-    broken_so_far: dict[float, torch.Tensor] = {}  # eps key -> (n,) bool, broken by the runs so far at that eps
     attacks_out = []
     by_index: dict[int, dict[str, Any]] = {}
-    for run in runs:
+    for r_index, run in enumerate(runs):
         entry = by_index.get(run["index"])
         if entry is None:
             entry = by_index[run["index"]] = _attack_entry(run)
             attacks_out.append(entry)
         if run["skipped"] is not None:
             entry["skipped"] = run["skipped"]
+        robust_so_far = worst_case_robust(runs[: r_index + 1], clean_correct)  # R runs: R small passes over n
         entry["results"].append(
-            _run_item(run, clean_correct, broken_so_far, measured_stability=stability is not None)
+            _run_item(run, clean_correct, robust_so_far, measured_stability=stability is not None)
         )
     clean: dict[str, Any] = {"accuracy": float(clean_correct.sum()) / n, "correct": int(clean_correct.sum()), "n": n}
     if clean_solver is not None:
@@ -152,24 +152,21 @@ def _attack_entry(run: AttackRun) -> dict[str, Any]:
 
 
 def _run_item(
-    run: AttackRun, clean_correct: torch.Tensor, broken_so_far: dict[float, torch.Tensor], *, measured_stability: bool
+    run: AttackRun,
+    clean_correct: torch.Tensor,
+    robust_so_far: Mapping[float, torch.Tensor],
+    *,
+    measured_stability: bool,
 ) -> dict[str, Any]:
-    """One attack's numbers at one eps, the runs given in suite order; ``broken_so_far`` (eps key -> (n,) bool,
-    broken by the runs so far at that eps) is updated. The cumulative accuracy counts a sample broken at a smaller
-    eps as broken (:func:`worst_case_robust`)."""
+    """One attack's numbers at one eps; ``robust_so_far``: :func:`worst_case_robust` of the runs up to this one in
+    suite order, whose entry at the run's eps is its cumulative accuracy."""
     n = clean_correct.numel()
     item: dict[str, Any] = {"eps": run["eps"], "eps_255": round(eps_in_255(run["eps"]), 4)}
     if run["skipped"] is not None:
         item.update(accuracy=None, robust=None, attacked=0, cumulative_accuracy=None, seconds=0.0)
         return item
     outcome = run["outcome"]
-    key = eps_key(run["eps"])
-    hit = broken_so_far.setdefault(key, torch.zeros_like(clean_correct))
-    hit |= outcome == 0
-    alive = clean_correct.clone()
-    for other, broken in broken_so_far.items():
-        if other <= key:
-            alive &= ~broken
+    alive = robust_so_far[eps_key(run["eps"])]
     own = run["spec"]["subset"] == "all"
     item.update(
         accuracy=float((outcome == 1).sum()) / n if own else None,
