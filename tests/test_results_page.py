@@ -252,3 +252,21 @@ def test_card_metrics_measure_the_steps_on_the_sample_for_older_results(results:
     assert 1 <= bench["mean_solver_steps"] <= config["model"]["solver"]["max_iter"]
     assert bench["mean_solver_steps_on"] == "the shipped mnist test sample, clean, eval mode"
     assert "mean_solver_steps" not in card_metrics(entry)["robustbench"]  # no model given: nothing to measure
+
+
+@pytest.mark.parametrize(
+    ("data", "n", "expected"),
+    [
+        ({"root": "../shared/data", "limit": 500}, 500, "n=500, first 500 test images"),
+        ({"root": "../shared/data", "limit": 10000}, 10000, "n=10000, full test set"),  # the whole test split
+        ({"root": "../shared/data", "limit": 9999}, 9999, "n=9999, first 9999 test images"),
+        ({"root": "../shared/data"}, 10000, "n=10000, full test set"),
+        ({"root": "sample", "limit": 10000}, 1000, "n=1000, shipped sample"),
+    ],
+)
+def test_sample_note_names_a_limit_that_covers_the_test_split_the_full_test_set(
+    data: dict[str, Any], n: int, expected: str
+) -> None:
+    from lyadeq_zoo.evaluation.result import sample_note
+
+    assert sample_note({"dataset": "cifar10", "n": n, "data": data}) == expected

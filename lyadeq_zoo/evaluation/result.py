@@ -30,6 +30,7 @@ from typing import Any, TypedDict
 import torch
 
 from ..attacks import Attack, eps_in_255
+from ..data.datasets import DATASET_INFO
 from ..errors import DataFormatError
 from ..fileio import write_text_atomic
 from ..hub.card import worst_case_row
@@ -339,8 +340,14 @@ def sample_note(result: Mapping[str, Any]) -> str:
     n = result.get("n")
     if str(data.get("root")) == "sample":
         return f"n={n}, shipped sample"
-    if data.get("limit"):
+    if data.get("limit") and not _covers_test_split(result, int(data["limit"])):
         return f"n={n}, first {data['limit']} test images"
     if data:
         return f"n={n}, full test set"
     return f"n={n}"
+
+
+def _covers_test_split(result: Mapping[str, Any], limit: int) -> bool:
+    """Whether ``--limit limit`` took every image of the result's data set's official test split."""
+    info = DATASET_INFO.get(str(result.get("dataset")))
+    return info is not None and limit >= info.splits.get("test", limit + 1)
