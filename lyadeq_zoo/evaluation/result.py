@@ -350,4 +350,4 @@ def sample_note(result: Mapping[str, Any]) -> str:
 def _covers_test_split(result: Mapping[str, Any], limit: int) -> bool:
     """Whether ``--limit limit`` took every image of the result's data set's official test split."""
     info = DATASET_INFO.get(str(result.get("dataset")))
-    return info is not None and limit >= info.splits.get("test", limit + 1)
+    return info is not None and "test" in info.splits and limit >= info.splits["test"]
