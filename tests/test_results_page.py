@@ -20,7 +20,7 @@ import pytest
 import lyadeq_zoo as lz
 from lyadeq_zoo import hub
 from lyadeq_zoo.evaluation import evaluate
-from lyadeq_zoo.evaluation.result import merge_results
+from lyadeq_zoo.evaluation.result import merge_results, sample_note
 from lyadeq_zoo.fileio import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -267,6 +267,4 @@ def test_card_metrics_measure_the_steps_on_the_sample_for_older_results(results:
 def test_sample_note_names_a_limit_that_covers_the_test_split_the_full_test_set(
     data: dict[str, Any], n: int, expected: str
 ) -> None:
-    from lyadeq_zoo.evaluation.result import sample_note
-
     assert sample_note({"dataset": "cifar10", "n": n, "data": data}) == expected
